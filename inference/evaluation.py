@@ -1,0 +1,72 @@
+"""Likelihood evaluation, posterior draws and exact (conjugate) posteriors."""
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.infer import Predictive
+
+from inference.svi import as_tensor
+from zoo.base import NoDensityError
+
+__all__ = ["evaluate", "exact_posterior", "posterior"]
+
+
+@torch.no_grad()
+def evaluate(model, data, *, batch_size: int = 1000, **log_prob_kwargs) -> dict:
+    """Score ``model`` on held-out ``data``.
+
+    Returns ``nll`` (mean negative log-likelihood, nats per example), ``bits_per_dim``
+    (``nll / (dims * ln 2)``), ``num_examples``, and whatever the model's
+    ``evaluation_metrics`` adds (e.g. the VAE's ELBO). For a model with no density
+    (``log_prob`` raises :class:`zoo.NoDensityError`) ``nll`` and ``bits_per_dim`` are
+    None and ``nll_note`` says why. ``log_prob_kwargs`` go to ``model.log_prob``
+    (e.g. ``num_samples`` of an importance-sampled estimate).
+    """
+    x = as_tensor(data)
+    model.check_data(x)
+    device = _device_of(model)
+    x = x.to(device)
+    out = {"num_examples": int(x.shape[0])}
+    try:
+        total = sum(
+            float(model.log_prob(chunk, **log_prob_kwargs).sum()) for chunk in x.split(batch_size)
+        )
+    except NoDensityError as e:
+        out.update(nll=None, bits_per_dim=None, nll_note=str(e))
+    else:
+        nll = -total / x.shape[0]
+        out.update(nll=nll, bits_per_dim=nll / (model.dims_per_example * math.log(2)))
+    out.update(model.evaluation_metrics(x))
+    return out
+
+
+@torch.no_grad()
+def posterior(model, data, num_samples: int = 1000, *, guide=None) -> dict[str, torch.Tensor]:
+    """``num_samples`` draws of every latent site from the fitted guide, given ``data``.
+
+    Each value has shape ``(num_samples,) + site shape`` (e.g. ``(S, data_dim)`` for the
+    ``bernoulli`` model's ``p``, ``(S, N, latent_dim)`` for local latents ``z``).
+    """
+    x = as_tensor(data)
+    model.check_data(x)
+    x = x.to(_device_of(model))
+    guide = model.guide if guide is None else guide
+    return dict(Predictive(guide, num_samples=num_samples, parallel=True)(x))
+
+
+def exact_posterior(model, data) -> dict:
+    """The exact posterior of each global latent site, for conjugate models.
+
+    Returns ``{site: torch.distributions.Distribution}``.
+    :raises NotImplementedError: the model has no closed-form posterior.
+    """
+    if not hasattr(model, "exact_posterior"):
+        raise NotImplementedError(f"{type(model).__name__} has no exact posterior")
+    return model.exact_posterior(as_tensor(data).to(_device_of(model)))
+
+
+def _device_of(model) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")

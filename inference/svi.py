@@ -1,0 +1,221 @@
+"""The one variational-inference engine: ``fit(model, data)`` for every likelihood model.
+
+Each step evaluates the chosen objective's ``differentiable_loss`` (a Pyro ELBO) on a
+minibatch, with the data plate scaled to the whole data set, and takes a plain
+``torch.optim.Adam`` step on the model's (and guide's) parameters, in the style of
+Pyro's ``examples/svi_torch.py``. Everything else (minibatches, schedule, checkpoints,
+resumption, NaN guard, progress, early stopping) is :func:`inference.loop.train_loop`.
+"""
+from __future__ import annotations
+
+import pyro
+import pyro.poutine as poutine
+import torch
+
+from inference.loop import FitResult, train_loop
+from inference.objectives import make_objective
+
+__all__ = ["DEFAULTS", "fit", "as_tensor"]
+
+#: Settings used where neither the caller nor the model's ``fit_defaults`` give one.
+DEFAULTS = dict(
+    objective="elbo",
+    steps=None,
+    epochs=20,
+    batch_size=128,
+    lr=1e-3,
+    lr_schedule="cosine",
+    final_lr_fraction=0.01,
+    num_particles=1,
+    clip_norm=None,
+)
+
+
+def as_tensor(data) -> torch.Tensor:
+    """The data tensor of a :class:`zoo.Dataset` or a tensor."""
+    return data.x if hasattr(data, "x") and not isinstance(data, torch.Tensor) else data
+
+
+def resolve_settings(model, **given) -> dict:
+    """Merge the caller's settings over the model's ``fit_defaults`` over :data:`DEFAULTS`."""
+    settings = dict(DEFAULTS)
+    model_defaults = dict(getattr(model, "fit_defaults", {}))
+    if given.get("steps") is not None or given.get("epochs") is not None:
+        model_defaults.pop("steps", None)
+        model_defaults.pop("epochs", None)
+        settings["epochs"] = None
+    if model_defaults.get("steps") is not None:
+        settings["epochs"] = None
+    settings.update(model_defaults)
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if settings.get("steps") is not None and settings.get("epochs") is not None:
+        raise ValueError("give steps or epochs, not both")
+    return settings
+
+
+def fit(
+    model,
+    data,
+    *,
+    objective: str | None = None,
+    guide=None,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    lr_schedule: str | None = None,
+    final_lr_fraction: float | None = None,
+    num_particles: int | None = None,
+    clip_norm: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    run_dir=None,
+    val_data=None,
+    early_stopping: int | None = None,
+    resume: bool = True,
+    checkpoint_every: int | None = None,
+    progress: bool = True,
+    validate: bool = False,
+) -> FitResult:
+    """Train ``model`` (a :class:`zoo.ZooModel`) on ``data`` by stochastic variational inference.
+
+    :param data: a tensor (``(N, data_dim)`` float 0/1, or ``(N,)`` int64) or a
+        :class:`zoo.Dataset`.
+    :param objective: a name from :data:`inference.objectives.OBJECTIVES`
+        (``elbo``, ``meanfield``, ``enum``, ``iwae``, ``renyi``, ``jit_*``).
+    :param guide: a guide to use instead of ``model.guide`` (e.g. an AutoGuide built on
+        ``model.model``); its parameters are trained too.
+    :param steps: optimisation steps; or ``epochs`` passes over the data (not both).
+        Unset settings come from ``model.fit_defaults``, then :data:`DEFAULTS`.
+    :param lr: Adam's initial learning rate; ``lr_schedule`` ``"cosine"`` (default) decays
+        it to ``final_lr_fraction * lr`` at the last step, so the final iterate is not
+        left at the noise level of a large step.
+    :param num_particles: guide draws per step (vectorised); K of ``iwae``/``renyi``.
+    :param seed: seeds parameter draws and minibatch order (same seed, same numbers).
+    :param device: ``"cpu"`` or ``"cuda"``: model and data are moved there once.
+    :param run_dir: a folder for the checkpoint and the metric log; if it holds a
+        checkpoint of the same run, training resumes from it (``resume=True``).
+    :param val_data: data for the validation loss (the objective per example) after every
+        epoch; with ``early_stopping=P``, training stops after P epochs without
+        improvement and the best parameters are restored.
+    :param validate: Pyro's distribution argument checks (slow; for debugging).
+    :returns: a :class:`inference.loop.FitResult`.
+    :raises zoo.DataError: data of the wrong shape or type, or non-binary for a Bernoulli
+        likelihood. :raises inference.DivergenceError: the loss became NaN or infinite.
+    """
+    settings = resolve_settings(
+        model,
+        objective=objective,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        final_lr_fraction=final_lr_fraction,
+        num_particles=num_particles,
+        clip_norm=clip_norm,
+    )
+    device = _device(device)
+    x = as_tensor(data)
+    model.check_data(x)
+    x = x.to(device)
+    model.to(device)
+    if guide is None:
+        guide = model.guide
+    elif isinstance(guide, torch.nn.Module):
+        guide.to(device)
+    num_data = x.shape[0]
+    batch_size = min(int(settings["batch_size"]), num_data)
+    per_epoch = max(num_data // batch_size, 1)
+    total = int(settings["steps"]) if settings["steps"] is not None else int(settings["epochs"]) * per_epoch
+    if total < 1:
+        raise ValueError(f"steps/epochs must give at least one step, got {total}")
+
+    elbo = make_objective(
+        settings["objective"],
+        num_particles=settings["num_particles"],
+        max_plate_nesting=model.max_plate_nesting,
+    )
+    modules = {"model": model}
+    if isinstance(guide, torch.nn.Module):
+        modules["guide"] = guide
+
+    # lazily built guides (Pyro's AutoGuides) create their parameters on first call,
+    # which must happen before the optimiser is built; it draws random numbers, so seed
+    pyro.set_rng_seed(seed)
+    if isinstance(guide, torch.nn.Module):
+        with torch.no_grad(), poutine.block():
+            guide(x[:batch_size], num_data=num_data)
+    parameters = list(
+        {id(p): p for m in modules.values() for p in m.parameters() if p.requires_grad}.values()
+    )
+    if not parameters:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    optimizer = torch.optim.Adam(parameters, lr=settings["lr"])
+    clip = settings["clip_norm"]
+
+    def step_fn(batch, step):
+        loss = elbo.differentiable_loss(model.model, guide, batch, num_data=num_data)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
+        optimizer.step()
+        return {"loss": loss.detach() / num_data}
+
+    val_fn = None
+    if val_data is not None:
+        xv = as_tensor(val_data)
+        model.check_data(xv)
+        xv = xv.to(device)
+        val_elbo = make_objective(
+            settings["objective"].removeprefix("jit_"),
+            num_particles=settings["num_particles"],
+            max_plate_nesting=model.max_plate_nesting,
+        )
+
+        def val_fn():
+            with torch.no_grad():
+                total_loss = sum(
+                    float(val_elbo.differentiable_loss(model.model, guide, chunk, num_data=len(chunk)))
+                    for chunk in xv.split(1000)
+                )
+            return total_loss / len(xv)
+
+    settings.update(
+        steps=total,
+        epochs=None,
+        batch_size=batch_size,
+        seed=seed,
+        num_data=num_data,
+        model=type(model).__name__,
+        early_stopping=early_stopping,
+    )
+    with pyro.validation_enabled(validate):
+        return train_loop(
+            step_fn=step_fn,
+            data=x,
+            modules=modules,
+            optimizers={"adam": optimizer},
+            settings=settings,
+            total_steps=total,
+            batch_size=batch_size,
+            seed=seed,
+            lr=settings["lr"],
+            lr_schedule=settings["lr_schedule"],
+            final_lr_fraction=settings["final_lr_fraction"],
+            val_fn=val_fn,
+            early_stopping=early_stopping,
+            run_dir=run_dir,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+            desc=f"{getattr(model, 'registered_name', type(model).__name__)} [{settings['objective']}]",
+        )
+
+
+def _device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return device

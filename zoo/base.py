@@ -1,0 +1,160 @@
+"""The contract every model of the zoo keeps.
+
+A zoo model is a :class:`~pyro.nn.PyroModule` with
+
+* ``model(x, num_data=None)`` and ``guide(x, num_data=None)``: the Pyro model and its
+  guide. ``x`` is a minibatch; ``num_data`` is the size of the full data set, so that
+  :func:`data_plate` scales the likelihood of a minibatch to the whole data set.
+  With ``x=None`` the model simulates ``num_data`` new data points.
+* ``log_prob(x)``: log p(x) in nats, shape ``(batch,)``, at the current point estimate
+  of the global parameters (:meth:`ZooModel.point_estimate`).
+* ``sample(n)``: ``n`` draws from that same distribution, drawn ancestrally by running
+  the model forward.
+* ``num_parameters()``: the number of free parameters of the distribution, by the
+  formula in the model's docstring.
+
+Parameters live on the module (Pyro's ``module_local_params`` setting, switched on by
+``import zoo``), so two models never share values through Pyro's global parameter store.
+"""
+from __future__ import annotations
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.nn import PyroModule
+from pyro.poutine.util import site_is_subsample
+
+from zoo.data import DataError, check_binary
+
+__all__ = ["NoDensityError", "ZooModel", "data_plate"]
+
+
+class NoDensityError(NotImplementedError):
+    """Raised by ``log_prob`` of a model that defines no density over x."""
+
+
+def data_plate(x: torch.Tensor | None, num_data: int | None = None) -> pyro.plate:
+    """``pyro.plate("data")`` over the rows of the minibatch ``x``.
+
+    The plate has ``num_data`` elements (default ``len(x)``) of which ``x`` holds a
+    subsample, so Pyro scales the log-likelihood of ``x`` by ``num_data / len(x)``
+    and the ELBO of a minibatch is unbiased for the full data set.
+    When ``x`` is None the plate simply has ``num_data`` elements (for simulation).
+    """
+    if x is None:
+        if num_data is None:
+            raise ValueError("data_plate needs x or num_data")
+        return pyro.plate("data", num_data)
+    n = x.shape[0]
+    size = n if num_data is None else num_data
+    return pyro.plate("data", size, subsample=torch.arange(n, device=x.device))
+
+
+class ZooModel(PyroModule):
+    """Base class of the zoo's models (see the module docstring for the contract).
+
+    Class attributes a subclass sets:
+
+    * ``support``: ``"binary"`` (float 0/1 tensors of shape ``(batch, data_dim)``),
+      ``"categorical"`` (int64 tensors of shape ``(batch,)``) or ``"real"``.
+    * ``fit_defaults``: settings of :func:`inference.fit` this model trains well with
+      (used where the caller gives none).
+    * ``max_plate_nesting``: how many plates the model nests (1: only ``data``).
+    """
+
+    support: str = "binary"
+    fit_defaults: dict = {}
+    max_plate_nesting: int = 1
+    data_dim: int
+    num_categories: int | None = None
+
+    # ----- the probabilistic program -------------------------------------------
+    def model(self, x: torch.Tensor | None = None, num_data: int | None = None):
+        raise NotImplementedError
+
+    def guide(self, x: torch.Tensor | None = None, num_data: int | None = None):
+        """The empty guide: right for fully observed models with no latent variables."""
+
+    # ----- point estimate, density and simulation ------------------------------
+    def point_estimate(self) -> dict[str, torch.Tensor]:
+        """Point estimates of the global latent sites (e.g. posterior means).
+
+        Empty for models whose global parameters are point estimates already.
+        """
+        return {}
+
+    def _at_point_estimate(self):
+        return poutine.condition(self.model, data=self.point_estimate())
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) in nats, shape ``(batch,)``, at :meth:`point_estimate`.
+
+        The default runs the model conditioned on the point estimate and reads the
+        log-density of its observed site ``x``; models with local latent variables
+        override it.
+        """
+        self.check_data(x)
+        trace = poutine.trace(self._at_point_estimate()).get_trace(x)
+        free = [
+            name
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        ]
+        if free:
+            raise NotImplementedError(
+                f"{type(self).__name__} has latent sites {free}: it must override log_prob"
+            )
+        site = trace.nodes["x"]
+        return site["fn"].log_prob(site["value"])
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """``n`` draws from the model at :meth:`point_estimate`, by running it forward."""
+        trace = poutine.trace(self._at_point_estimate()).get_trace(None, num_data=n)
+        return trace.nodes["x"]["value"]
+
+    def num_parameters(self) -> int:
+        """The number of free parameters of the distribution (docstring formula)."""
+        raise NotImplementedError
+
+    # ----- evaluation hooks ----------------------------------------------------
+    def evaluation_metrics(self, x: torch.Tensor) -> dict[str, float]:
+        """Extra metrics that :func:`inference.evaluate` reports (e.g. an ELBO)."""
+        return {}
+
+    # ----- input checks --------------------------------------------------------
+    def check_data(self, x) -> None:
+        """Raise :class:`~zoo.data.DataError` unless ``x`` is data this model accepts."""
+        name = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+        if self.support == "binary":
+            if x.dim() != 2 or x.shape[1] != self.data_dim:
+                raise DataError(
+                    f"{name} expects binary data of shape (batch, {self.data_dim}), "
+                    f"got shape {tuple(x.shape)}"
+                )
+            if not x.is_floating_point():
+                raise DataError(f"{name} expects a float tensor of 0/1, got {x.dtype}")
+            check_binary(x, name="data")
+        elif self.support == "categorical":
+            if x.dim() != 1:
+                raise DataError(
+                    f"{name} expects categorical data of shape (batch,), "
+                    f"got shape {tuple(x.shape)}"
+                )
+            if x.is_floating_point() or x.dtype == torch.bool:
+                raise DataError(f"{name} expects an integer tensor, got {x.dtype}")
+            if x.numel() and (x.min() < 0 or x.max() >= self.num_categories):
+                raise DataError(
+                    f"{name} expects categories in 0..{self.num_categories - 1}, "
+                    f"got values in {int(x.min())}..{int(x.max())}"
+                )
+
+    @property
+    def dims_per_example(self) -> int:
+        """How many dimensions an example has (for bits per dimension)."""
+        return 1 if self.support == "categorical" else self.data_dim
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.num_parameters()}"
