@@ -157,6 +157,8 @@ def train_loop(
     log_path = run_dir / METRICS if run_dir else None
     checkpoint_every = checkpoint_every or max(total_steps // 10, 1)
     lrs = lr if isinstance(lr, dict) else {k: lr for k in optimizers}
+    # log (and validate) at epoch ends, at most ~100 times per run
+    log_every = max(math.ceil(total_steps / per_epoch / 100), 1) * per_epoch
 
     history: dict[str, list[float]] = {}
     val_losses: list[tuple[int, float]] = []
@@ -230,7 +232,7 @@ def train_loop(
                     window.setdefault(k, []).append(v)
                 done = step + 1
                 bar.update(1)
-                end_of_epoch = done % per_epoch == 0 or done == total_steps
+                end_of_epoch = done % log_every == 0 or done == total_steps
                 record = None
                 if end_of_epoch:
                     record = {"step": done, "epoch": done / per_epoch}

@@ -1,0 +1,177 @@
+"""Train one zoo model on one data set into a run folder, then evaluate and plot.
+
+A run folder holds:
+
+==================  =============================================================
+``config.json``     the resolved configuration (model, options, data, settings)
+``metrics.jsonl``   the metric history, one JSON line per epoch
+``checkpoint.pt``   parameters, optimiser state, step and random states
+``metrics.json``    the final metrics (validation and test)
+``loss.png``        the loss curve; ``samples.png``: a sample grid (image data)
+==================  =============================================================
+
+Running the same configuration into the same folder again resumes an interrupted run.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+import inference
+import zoo
+from experiments import plots
+from inference.loop import CHECKPOINT
+
+__all__ = ["CONFIG", "load_run", "sample_figure", "train_and_evaluate"]
+
+#: Defaults of ``zoo train``; None means "the model's fit_defaults, then the engine's".
+CONFIG = dict(
+    model="bernoulli",
+    options={},
+    data="digits",
+    data_dir=None,
+    binarize="threshold",
+    objective=None,
+    steps=None,
+    epochs=None,
+    batch_size=None,
+    lr=None,
+    num_particles=None,
+    early_stopping=None,
+    seed=0,
+    device="cpu",
+    progress=True,
+)
+
+FIT_KEYS = ("objective", "steps", "epochs", "batch_size", "lr", "num_particles", "early_stopping")
+
+
+def resolve(config: dict) -> dict:
+    """Fill in defaults and the data dimensions the model needs."""
+    unknown = set(config) - set(CONFIG)
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(CONFIG)}")
+    config = {**CONFIG, **config}
+    cls = zoo.get(config["model"])  # unknown model -> UnknownNameError before any work
+    train = _load(config, "train")
+    options = dict(config["options"])
+    if cls.support == "categorical":
+        if train.support != "categorical":
+            raise zoo.DataError(f"model {config['model']!r} needs categorical data; {config['data']!r} is {train.support}")
+        options.setdefault("num_categories", train.num_categories)
+    elif cls.support == "binary":
+        if train.support != "binary":
+            raise zoo.DataError(f"model {config['model']!r} needs binary data; {config['data']!r} is {train.support}")
+        options.setdefault("data_dim", train.dim)
+    config["options"] = options
+    config["image_shape"] = list(train.image_shape) if train.image_shape else None
+    return config
+
+
+def _load(config: dict, split: str) -> zoo.Dataset:
+    return zoo.load(config["data"], split, root=config["data_dir"], binarize=config["binarize"], seed=config["seed"])
+
+
+def build_model(config: dict):
+    """The model of a resolved config, with parameters drawn from its seed."""
+    pyro.set_rng_seed(config["seed"])
+    return zoo.create(config["model"], **config["options"])
+
+
+def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
+    """Train, evaluate and plot one run; returns the final metrics (also in metrics.json)."""
+    workdir = Path(workdir)
+    config = resolve(config)
+    saved = workdir / "config.json"
+    if resume and saved.exists() and (workdir / CHECKPOINT).exists():
+        previous = json.loads(saved.read_text())
+        if _comparable(previous) != _comparable(config):
+            raise ValueError(
+                f"{workdir} holds a run with another configuration; choose another --out "
+                "or delete the folder"
+            )
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(config, indent=2) + "\n")
+
+    model = build_model(config)
+    train, valid, test = (_load(config, s) for s in ("train", "valid", "test"))
+    fit_kwargs = {k: config[k] for k in FIT_KEYS if config[k] is not None}
+    start = time.perf_counter()
+    result = inference.fit(
+        model,
+        train,
+        val_data=valid if len(valid) else None,
+        seed=config["seed"],
+        device=config["device"],
+        run_dir=workdir,
+        resume=resume,
+        progress=config["progress"],
+        **fit_kwargs,
+    )
+    seconds = time.perf_counter() - start
+    metrics = {
+        "model": config["model"],
+        "data": config["data"],
+        "num_parameters": model.num_parameters(),
+        "steps": result.steps,
+        "train_seconds": round(seconds, 3),
+        "stopped_early": result.stopped_early,
+        "valid": inference.evaluate(model, valid) if len(valid) else None,
+        "test": inference.evaluate(model, test),
+    }
+    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plots.loss_curve(
+        result.history, workdir / "loss.png", val_losses=result.val_losses,
+        title=f"{config['model']} on {config['data']}",
+    )
+    sample_figure(model, config, workdir / "samples.png", test=test)
+    return metrics
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in ("progress", "device", "data_dir")}
+
+
+def load_run(workdir):
+    """(model, config) of a run folder, with the parameters of its checkpoint."""
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir} is not a run folder (no config.json)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is corrupt: {e}") from None
+    model = build_model(config)
+    state = inference.load_checkpoint(workdir / CHECKPOINT)
+    model.load_state_dict(state["modules"]["model"])
+    return model, config
+
+
+def sample_figure(model, config: dict, path, *, n: int = 64, test=None, seed: int = 0):
+    """Save ``n`` samples as an image grid (image data) or as frequencies (categorical)."""
+    pyro.set_rng_seed(seed)
+    try:
+        samples = model.sample(n if model.support != "categorical" else 10_000)
+    except zoo.NoDensityError:
+        return None
+    samples = samples.cpu()
+    if config.get("image_shape"):
+        return plots.image_grid(samples, config["image_shape"], path, title=f"samples: {config['model']}")
+    if model.support == "categorical":
+        m = model.num_categories
+        freq = torch.bincount(samples, minlength=m).double() / len(samples)
+        fig, ax = plots.plt.subplots(figsize=(6, 4))
+        ax.bar(torch.arange(m) - 0.2, freq.numpy(), width=0.4, label="model samples")
+        if test is not None:
+            data = torch.bincount(test.x.cpu(), minlength=m).double() / len(test)
+            ax.bar(torch.arange(m) + 0.2, data.numpy(), width=0.4, label="test data")
+        ax.set_xlabel("category")
+        ax.set_ylabel("frequency")
+        ax.legend()
+        return plots._save(fig, path)
+    return None
