@@ -241,3 +241,14 @@ def test_evaluate_reports_nll_and_bits_per_dim():
     assert metrics["nll"] == pytest.approx(nll, rel=1e-5)
     assert metrics["bits_per_dim"] == pytest.approx(nll / (5 * math.log(2)), rel=1e-5)
     assert metrics["num_examples"] == len(x)
+
+
+def test_fits_do_not_share_parameters_through_the_param_store():
+    x = binary_data()
+    a, b = zoo.create("bernoulli", data_dim=5), zoo.create("bernoulli", data_dim=5)
+    inference.fit(a, x, **SETTINGS)
+    before = params(a)
+    inference.fit(b, 1 - x, **SETTINGS)
+    assert all(torch.equal(before[k], v) for k, v in params(a).items())
+    assert not torch.allclose(a.point_estimate()["p"], b.point_estimate()["p"])
+    assert len(pyro.get_param_store()) == 0
