@@ -9,23 +9,40 @@
 """
 import zoo  # noqa: F401  (sets Pyro's module-local parameters before any model is built)
 from inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from inference.compare import compare_models, compare_runs
+from inference.diagnostics import diagnose, posterior_distances, psis_khat, to_inference_data
 from inference.evaluation import evaluate, exact_posterior, posterior
 from inference.loop import DivergenceError, FitResult, train_loop
+from inference.mcmc import ConvergenceWarning, convergence, mcmc
 from inference.objectives import OBJECTIVES, make_objective
+from inference.sbc import SBCResult, sbc, sbc_exact, sbc_fitted_guide
 from inference.svi import DEFAULTS, fit
 
 __all__ = [
     "CheckpointError",
+    "ConvergenceWarning",
     "DEFAULTS",
     "DivergenceError",
     "FitResult",
     "OBJECTIVES",
+    "SBCResult",
+    "compare_models",
+    "compare_runs",
+    "convergence",
+    "diagnose",
     "evaluate",
     "exact_posterior",
     "fit",
     "load_checkpoint",
     "make_objective",
+    "mcmc",
     "posterior",
+    "posterior_distances",
+    "psis_khat",
     "save_checkpoint",
+    "sbc",
+    "sbc_exact",
+    "sbc_fitted_guide",
+    "to_inference_data",
     "train_loop",
 ]
