@@ -23,6 +23,8 @@ class UnknownNameError(ValueError):
 _MODELS: dict[str, object] = {
     "bernoulli": "zoo.bernoulli:BetaBernoulli",
     "categorical": "zoo.categorical:DirichletCategorical",
+    "vae": "zoo.vae:VAE",
+    "autoencoder": "zoo.autoencoder:Autoencoder",
 }
 
 
