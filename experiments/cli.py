@@ -5,6 +5,7 @@
     zoo evaluate RUN_DIR
     zoo sample RUN_DIR [-n 64]
     zoo experiment NAME [--out DIR] [--set key=value ...]     (= python -m experiments NAME)
+    zoo compare RUN_DIR... [--out DIR] [--names A B ...]
 
 Errors in the input (unknown names, bad options, bad or missing files, bad data) print
 one line ``zoo: error: ...`` and exit with status 2; an interrupted run exits with 130
@@ -83,6 +84,11 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     x.add_argument("--out", help="output folder (default runs/NAME)")
     x.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config entries")
     x.add_argument("--tiny", action="store_true", help="apply the experiment's TINY settings")
+
+    c = sub.add_parser("compare", help="compare run folders: one table, figures and an HTML/Markdown report")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--out", help="output folder (default runs/compare)")
+    c.add_argument("--names", nargs="+", help="one label per run folder (default: folder names)")
     return p
 
 
@@ -161,6 +167,13 @@ def _experiment(args):
     print(f"outputs: {out}")
 
 
+def _compare(args):
+    result = inference.compare_runs(args.run_dirs, Path(args.out or "runs/compare"), names=args.names)
+    print(result["table"].read_text(), end="")
+    print(f"report: {result['report_html']} (and {result['report_md'].name}); figures: "
+          + ", ".join(p.name for p in result["figures"].values()))
+
+
 def _print_metrics(metrics: dict):
     test = metrics["test"]
     print(f"{metrics['model']} on {metrics['data']}: {metrics['num_parameters']} parameters, "
@@ -169,4 +182,4 @@ def _print_metrics(metrics: dict):
         print(f"  test {k}: {v:.4f}" if isinstance(v, float) else f"  test {k}: {v}")
 
 
-_COMMANDS = {"list": _list, "train": _train, "evaluate": _evaluate, "sample": _sample, "experiment": _experiment}
+_COMMANDS = {"list": _list, "train": _train, "evaluate": _evaluate, "sample": _sample, "experiment": _experiment, "compare": _compare}

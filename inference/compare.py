@@ -165,7 +165,7 @@ def _train_data(config: dict):
                     seed=config.get("seed", 0))
 
 
-def compare_runs(run_dirs, out_dir, *, names=None, num_draws: int = 250, num_chains: int = 4,
+def compare_runs(run_dirs, out_dir, *, names=None, num_draws: int = 200, num_chains: int = 2,
                  max_coords: int = 8, max_loo_points: int = 2000, seed: int = 0) -> dict:
     """Write the comparison of ``run_dirs`` into ``out_dir``.
 
@@ -175,8 +175,8 @@ def compare_runs(run_dirs, out_dir, *, names=None, num_draws: int = 250, num_cha
     :param max_loo_points: LOO on at most this many training points (the first ones).
     :returns: ``{"rows", "table", "figures", "report_html", "report_md", "json"}`` (paths).
         Writes ``table.md``, ``comparison.json``, ``loss_curves.png``, ``forest.png`` and
-        ``densities.png`` (when the runs share posterior parameters), ``report.md`` and
-        the self-contained ``report.html``.
+        ``densities.png`` for a posterior parameter that two or more runs share (``forest_SITE.png``
+        etc. when there are several), ``report.md`` and the self-contained ``report.html``.
     :raises FileNotFoundError: a folder is not a run folder.
     """
     import matplotlib
@@ -235,15 +235,20 @@ def compare_runs(run_dirs, out_dir, *, names=None, num_draws: int = 250, num_cha
     (out / "table.md").write_text(table)
     (out / "comparison.json").write_text(json.dumps({"runs": [str(d) for d in run_dirs], "rows": rows}, indent=2, default=str) + "\n")
 
-    figures = {}
-    figures["loss_curves"] = _loss_curves(plt, runs, labels, out / "loss_curves.png")
+    figures = {"loss_curves": _loss_curves(plt, runs, labels, out / "loss_curves.png")}
     shared = _shared_sites(idatas)
-    if shared:
-        figures["forest"] = _forest(plt, idatas, shared, max_coords, out / "forest.png")
-        figures["densities"] = _densities(plt, idatas, shared, max_coords, out / "densities.png")
+    for site, members in shared.items():
+        group = {k: idatas[k] for k in members}
+        suffix = "" if len(shared) == 1 else f"_{site}"
+        figures[f"forest{suffix}"] = _forest(plt, group, [site], max_coords, out / f"forest{suffix}.png")
+        figures[f"densities{suffix}"] = _densities(plt, group, [site], max_coords, out / f"densities{suffix}.png")
     figures = {k: v for k, v in figures.items() if v is not None}
-    note = (f"Shared posterior parameters: {', '.join(shared)} (first {max_coords} components shown)."
-            if shared else "The runs share no posterior parameters: no forest or density plot.")
+    note = (
+        "Shared posterior parameters: "
+        + "; ".join(f"{site} ({', '.join(m)})" for site, m in shared.items())
+        + f". Forest and density plots show their first {max_coords} components."
+        if shared else "No posterior parameter is shared by two runs: no forest or density plot."
+    )
     md = _report_md(rows, table, figures, note, run_dirs)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(_report_html(table, figures, note, run_dirs))
@@ -259,11 +264,19 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _shared_sites(idatas: dict) -> list[str]:
-    if len(idatas) < 2:
-        return sorted(next(iter(idatas.values())).posterior.data_vars) if idatas else []
-    sets = [{(k, v.shape[2:]) for k, v in i.posterior.data_vars.items()} for i in idatas.values()]
-    return sorted(k for k, _ in set.intersection(*sets))
+def _shared_sites(idatas: dict) -> dict[str, list[str]]:
+    """``{site: [runs]}`` for each posterior site (same name and shape) that two or more runs
+    have (or every site of a single run)."""
+    have = {}
+    for label, idata in idatas.items():
+        for k, v in idata.posterior.data_vars.items():
+            have.setdefault((k, tuple(v.shape[2:])), []).append(label)
+    minimum = 1 if len(idatas) == 1 else 2
+    out = {}
+    for (site, _), members in sorted(have.items()):
+        if len(members) >= minimum and site not in out:
+            out[site] = members
+    return out
 
 
 def _first_coords(idata, site: str, k: int) -> dict:
@@ -292,8 +305,8 @@ def _densities(plt, idatas, shared, max_coords, path):
         coords.update(_first_coords(first, s, max_coords))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        axes = az.plot_density(list(idatas.values()), data_labels=list(idatas), var_names=shared, coords=coords,
-                               hdi_prob=0.99, shade=0.1)
+        subsets = [i.posterior[shared].sel(coords) for i in idatas.values()]  # no coords= in 0.2x
+        axes = az.plot_density(subsets, data_labels=list(idatas), var_names=shared, hdi_prob=0.99, shade=0.1)
     fig = np.ravel(axes)[0].figure
     return _save(plt, fig, path)
 
