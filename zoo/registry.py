@@ -23,6 +23,15 @@ class UnknownNameError(ValueError):
 _MODELS: dict[str, object] = {
     "bernoulli": "zoo.bernoulli:BetaBernoulli",
     "categorical": "zoo.categorical:DirichletCategorical",
+    "independent": "zoo.independent:Independent",
+    "full_joint": "zoo.full_joint:FullJoint",
+    "markov": "zoo.markov:Markov",
+    "fvsbn": "zoo.fvsbn:FVSBN",
+    "nade": "zoo.nade:NADE",
+    "made": "zoo.made:MADE",
+    "mixture": "zoo.mixture:BernoulliMixture",
+    "rgb_pixel": "zoo.rgb_pixel:RGBPixel",
+    "gan": "zoo.gan:GAN",
     "vae": "zoo.vae:VAE",
     "autoencoder": "zoo.autoencoder:Autoencoder",
 }

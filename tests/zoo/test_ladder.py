@@ -1,0 +1,330 @@
+"""The tractable-likelihood ladder: independent, full joint, Markov, FVSBN, NADE, MADE, mixture.
+
+Each test checks a property the mathematics guarantees: exact normalisation over all 2^n
+states, samplers that agree with log_prob, the autoregressive property by gradient,
+parameter counts by formula, recovery of known mixture components, clear errors.
+"""
+import itertools
+import math
+
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+
+import inference
+import zoo
+from zoo.made import MADE
+from zoo.nade import NADE
+
+# (registered name, options); n is filled in per test
+VARIANTS = [
+    ("independent", {}),
+    ("full_joint", {}),
+    ("markov", {}),
+    ("markov", {"order": 3}),
+    ("fvsbn", {}),
+    ("fvsbn", {"ordering": "random", "seed": 1}),
+    ("nade", {"hidden_size": 6}),
+    ("nade", {"hidden_size": 6, "ordering": "reverse"}),
+    ("made", {"hidden_sizes": (16,)}),
+    ("made", {"hidden_sizes": (16, 16), "ordering": "random", "seed": 2}),
+    ("made", {"hidden_sizes": (16,), "num_masks": 3, "order_agnostic": True}),
+    ("mixture", {"num_components": 3}),
+]
+IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in opts.items()) or 'default'}" for name, opts in VARIANTS]
+AUTOREGRESSIVE = [(n, o) for n, o in VARIANTS if n in ("fvsbn", "nade", "made")]
+
+
+def states(n):
+    return torch.tensor(list(itertools.product([0.0, 1.0], repeat=n)))
+
+
+def toy_data(n, num=200, seed=1):
+    """Binary data with dependence between pixels (a noisy copy of pixel 0 and of a parity)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.bernoulli(torch.linspace(0.15, 0.85, n).expand(num, n), generator=g)
+    if n > 2:
+        x[:, 1] = x[:, 0]
+        x[:, -1] = (x[:, 0] + x[:, 2]) % 2
+    return x
+
+
+def randomise(model, scale=1.0):
+    """Random parameters, so that tests do not pass by the symmetry of an initialisation."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=IDS)
+def test_normalised_over_all_states_at_init_and_after_training(name, options):
+    n = 10
+    model = zoo.create(name, data_dim=n, **options)
+    x = states(n)
+    assert model.log_prob(x).double().exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+    inference.fit(model, toy_data(n), steps=8, lr=0.05, progress=False)
+    assert model.log_prob(x).double().exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+    randomise(model)
+    assert model.log_prob(x).double().exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=IDS)
+def test_sample_frequencies_agree_with_log_prob(name, options):
+    n, num = 4, 20_000
+    model = randomise(zoo.create(name, data_dim=n, **options))
+    samples = model.sample(num)
+    assert samples.shape == (num, n)
+    index = (samples.long() * 2 ** torch.arange(n - 1, -1, -1)).sum(-1)
+    freq = torch.bincount(index, minlength=2**n).double() / num
+    probs = model.log_prob(states(n)).double().exp()
+    assert probs.max() < 0.9, "randomised model should not be degenerate"
+    # E[TV] <= 0.5 sqrt(16 / 20000) ~ 0.014; 0.035 leaves room for chance
+    assert 0.5 * (freq - probs).abs().sum().item() < 0.035
+
+
+SINGLE_MASK = [(v, i) for v, i in zip(VARIANTS, IDS) if v[1].get("num_masks", 1) == 1]
+
+
+@pytest.mark.parametrize("name,options", [v for v, _ in SINGLE_MASK], ids=[i for _, i in SINGLE_MASK])
+def test_engine_loss_is_exact_negative_log_likelihood(name, options):
+    """Empty guide (or enumerated z): the objective is -log p(x), scaled to the data set."""
+    n = 6
+    model = randomise(zoo.create(name, data_dim=n, **options), 0.5)
+    x = toy_data(n, 32)
+    objective = TraceEnum_ELBO(max_plate_nesting=1) if name == "mixture" else Trace_ELBO()
+    loss = objective.differentiable_loss(model.model, model.guide, x, num_data=320)
+    assert loss.item() == pytest.approx(-10 * model.log_prob(x).sum().item(), rel=1e-5)
+
+
+def test_made_with_several_masks_trains_one_mask_per_step_and_mixes_them_exactly():
+    n = 6
+    model = randomise(MADE(n, hidden_sizes=(16,), num_masks=3, order_agnostic=True))
+    x = toy_data(n, 32)
+    losses = {round(Trace_ELBO().differentiable_loss(model.model, model.guide, x).item(), 4) for _ in range(30)}
+    components = model.component_log_probs(x)  # (3, batch)
+    assert losses == {round(-c.sum().item(), 4) for c in components}
+    expected = components.logsumexp(0) - math.log(3)
+    assert torch.allclose(model.log_prob(x), expected)
+    assert len({tuple(o.tolist()) for o in model.orderings}) == 3
+
+
+@pytest.mark.parametrize("name,options", AUTOREGRESSIVE, ids=[f"{n}-{i}" for i, (n, _) in enumerate(AUTOREGRESSIVE)])
+def test_autoregressive_property_by_gradient(name, options):
+    n = 8
+    model = randomise(zoo.create(name, data_dim=n, **options))
+    masks = range(getattr(model, "num_masks", 1))
+    for k in masks:
+        ordering = model.orderings[k] if name == "made" else model.ordering
+        x = torch.rand(3, n, requires_grad=True)
+        logits = model.conditional_logits(x, k) if name == "made" else model.conditional_logits(x)
+        for t, i in enumerate(ordering.tolist()):
+            (grad,) = torch.autograd.grad(logits[:, i].sum(), x, retain_graph=True)
+            later = ordering[t:]
+            assert torch.all(grad[:, later] == 0), f"output {i} (position {t}) sees itself or a later pixel"
+            if name != "made":  # FVSBN and NADE: every earlier pixel matters
+                assert torch.all(grad[:, ordering[:t]] != 0)
+        # MADE: the last pixel in the ordering depends on some earlier one
+        (grad,) = torch.autograd.grad(logits[:, ordering[-1]].sum(), x)
+        assert grad.abs().sum() > 0
+
+
+def test_markov_conditional_depends_only_on_its_window():
+    n, k = 9, 3
+    model = randomise(zoo.create("markov", data_dim=n, order=k))
+    x = toy_data(n, 16)
+    base = model.conditional_logits(x)
+    for j in range(n):
+        flipped = x.clone()
+        flipped[:, j] = 1 - flipped[:, j]
+        changed = (model.conditional_logits(flipped) != base).any(0)
+        allowed = torch.tensor([j < i <= j + k for i in range(n)])
+        assert not torch.any(changed & ~allowed), f"flipping pixel {j} changed conditionals outside its window"
+        assert torch.all(changed[allowed]), f"flipping pixel {j} must change the next {k} conditionals"
+
+
+@pytest.mark.parametrize(
+    "name,options,expected",
+    [
+        ("independent", {}, lambda n: n),
+        ("full_joint", {}, lambda n: 2**n - 1),
+        ("markov", {}, lambda n: 2 * n - 1),
+        ("markov", {"order": 0}, lambda n: n),
+        ("markov", {"order": 3}, lambda n: (2**3 - 1) + (n - 3) * 2**3),
+        ("markov", {"order": 9}, lambda n: 2**n - 1),
+        ("fvsbn", {}, lambda n: n * (n + 1) // 2),
+        ("nade", {"hidden_size": 7}, lambda n: 2 * n * 7 + n),
+        ("made", {"hidden_sizes": (7,)}, lambda n: (n + 1) * 7 + 8 * n),
+        ("made", {"hidden_sizes": (7, 5), "num_masks": 2}, lambda n: (n + 1) * 7 + 8 * 5 + 6 * n),
+        ("mixture", {"num_components": 4}, lambda n: 3 + 4 * n),
+    ],
+)
+def test_num_parameters_is_the_formula(name, options, expected):
+    n = 10
+    model = zoo.create(name, data_dim=n, **options)
+    assert model.num_parameters() == expected(n)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if name in ("independent", "markov", "fvsbn", "nade", "made"):
+        assert trainable == model.num_parameters()  # each stored scalar is one free parameter
+    else:  # softmax logits: one more stored scalar than free parameters
+        assert trainable == model.num_parameters() + 1
+
+
+def test_parameter_counts_at_the_lectures_sizes():
+    assert zoo.create("fvsbn", data_dim=784).num_parameters() == 307_720
+    assert zoo.create("markov", data_dim=784).num_parameters() == 1567
+    assert zoo.create("made", data_dim=784, hidden_sizes=(500,)).num_parameters() == 785_284
+    assert zoo.create("nade", data_dim=784, hidden_size=500).num_parameters() == 2 * 784 * 500 + 784
+    assert zoo.create("rgb_pixel").num_parameters() == 256**3 - 1 == 16_777_215
+    assert zoo.create("rgb_pixel", factorization="independent").num_parameters() == 3 * 255
+
+
+def test_made_masked_weights_get_no_gradient_and_connected_count():
+    n = 8
+    model = MADE(n, hidden_sizes=(12, 12), ordering="random", seed=3)
+    model.log_prob(toy_data(n, 16)).sum().backward()
+    connected = 0
+    for l, w in enumerate(model.net.weights):
+        mask = getattr(model.net, f"mask{l}")[0]
+        assert torch.all(w.grad[mask == 0] == 0)
+        connected += int(mask.sum())
+    connected += sum(b.numel() for b in model.net.biases)
+    assert model.num_connected_parameters() == connected < model.num_parameters()
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=IDS)
+def test_parameters_move_after_fit(name, options):
+    n = 6
+    model = zoo.create(name, data_dim=n, **options)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    inference.fit(model, toy_data(n), steps=5, progress=False)
+    for k, v in model.named_parameters():
+        if v.numel():
+            assert not torch.equal(before[k], v.detach()), f"parameter {k} did not move"
+
+
+def test_maximum_likelihood_fits_match_empirical_frequencies():
+    n = 3
+    x = toy_data(n, 400)
+    freq = torch.bincount((x.long() * torch.tensor([4, 2, 1])).sum(-1), minlength=8).double() / len(x)
+    joint = zoo.create("full_joint", data_dim=n)
+    inference.fit(joint, x, steps=300, lr=0.2, batch_size=400, progress=False)
+    assert torch.allclose(joint.log_prob(states(n)).double().exp(), freq, atol=5e-3)
+    indep = zoo.create("independent", data_dim=n)
+    inference.fit(indep, x, steps=300, lr=0.2, batch_size=400, progress=False)
+    assert torch.allclose(indep.logits.sigmoid(), x.mean(0), atol=5e-3)
+
+
+def test_mixture_recovers_known_components():
+    g = torch.Generator().manual_seed(0)
+    n, K, N = 12, 3, 3000
+    true_probs = torch.tensor(
+        [[0.9] * 6 + [0.1] * 6, [0.1] * 6 + [0.9] * 6, [0.9, 0.1] * 6], dtype=torch.float32
+    )
+    true_weights = torch.tensor([0.5, 0.3, 0.2])
+    z = torch.multinomial(true_weights, N, replacement=True, generator=g)
+    x = torch.bernoulli(true_probs[z], generator=g)
+    model = zoo.create("mixture", data_dim=n, num_components=K, seed=1)
+    inference.fit(model, x, steps=250, batch_size=1000, lr=0.2, progress=False)
+    best = min(
+        itertools.permutations(range(K)),
+        key=lambda perm: (model.probs[list(perm)] - true_probs).abs().max().item(),
+    )
+    perm = list(best)
+    assert (model.probs[perm] - true_probs).abs().max().item() < 0.05
+    assert (model.weights[perm] - true_weights).abs().max().item() < 0.03
+    # the posterior over z: data from a component are assigned to it
+    resp = model.responsibilities(x)[:, perm]
+    assert (resp.argmax(-1) == z).float().mean() > 0.95
+
+
+def test_mixture_objective_sums_z_out_exactly():
+    model = randomise(zoo.create("mixture", data_dim=5, num_components=4), 0.7)
+    x = toy_data(5, 20)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model.model, model.guide, x)
+    assert loss.item() == pytest.approx(-model.log_prob(x).sum().item(), rel=1e-5)
+    grads = torch.autograd.grad(loss, [model.mixing_logits, model.component_logits])
+    exact = torch.autograd.grad(-model.log_prob(x).sum(), [model.mixing_logits, model.component_logits])
+    for a, b in zip(grads, exact):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_nade_incremental_sampler_matches_its_conditionals():
+    """NADE's O(nH) sampler and the ancestral loop over conditional_logits agree in law."""
+    model = randomise(NADE(4, hidden_size=5, ordering="random", seed=4))
+    torch.manual_seed(0)
+    fast = model.sample(20_000)
+    torch.manual_seed(1)
+    slow = zoo.autoregressive.AutoregressiveBernoulli._ancestral_sample(model, 20_000)
+    w = torch.tensor([8, 4, 2, 1])
+    f = torch.bincount((fast.long() * w).sum(-1), minlength=16).double() / 20_000
+    s = torch.bincount((slow.long() * w).sum(-1), minlength=16).double() / 20_000
+    assert 0.5 * (f - s).abs().sum() < 0.035
+
+
+# ----- the RGB pixel -----------------------------------------------------------------------
+
+
+def test_rgb_pixel_encoding_and_closed_form_fit():
+    model = zoo.create("rgb_pixel", levels=4, factorization="joint")
+    rgb = torch.tensor([[0, 0, 0], [3, 2, 1], [3, 2, 1], [1, 0, 3]])
+    index = model.encode(rgb)
+    assert index.tolist() == [0, 57, 57, 19]
+    assert torch.equal(model.decode(index), rgb)
+    model.fit_counts(index, pseudo_count=0.5)
+    p = model.log_prob(torch.tensor([57, 5])).exp()
+    assert p.tolist() == pytest.approx([(2 + 0.5) / (4 + 0.5 * 64), 0.5 / (4 + 0.5 * 64)])
+    indep = zoo.create("rgb_pixel", levels=4, factorization="independent").fit_counts(index, 0.5)
+    # p(r=3) p(g=2) p(b=1) with smoothed channel counts
+    expected = (2.5 / 6) * (2.5 / 6) * (2.5 / 6)
+    assert indep.log_prob(torch.tensor([57])).exp().item() == pytest.approx(expected)
+    assert indep.log_prob(torch.arange(64)).exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_rgb_pixel_trains_through_the_engine():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.distributions.Dirichlet(torch.ones(27)).sample()
+    x = torch.multinomial(probs, 4000, replacement=True, generator=g)
+    model = zoo.create("rgb_pixel", levels=3)
+    inference.fit(model, x, steps=500, lr=0.1, progress=False)
+    freq = torch.bincount(x, minlength=27).double() / len(x)
+    assert torch.allclose(model.log_prob(torch.arange(27)).double().exp(), freq, atol=5e-3)
+
+
+def test_rgb_pixel_photographs():
+    train, test = zoo.rgb_pixel.sample_photo_pixels(max_pixels=5000)
+    assert train.shape == (4000, 3) and test.shape == (1000, 3)
+    assert train.min() >= 0 and train.max() <= 255
+
+
+# ----- bad input ---------------------------------------------------------------------------
+
+
+def test_bad_input_raises_clear_errors():
+    with pytest.raises(ValueError, match="2\\^64 - 1 parameters"):
+        zoo.create("full_joint", data_dim=64)
+    with pytest.raises(ValueError, match="order at most 5"):
+        zoo.create("markov", data_dim=6, order=6)
+    with pytest.raises(ValueError, match="order"):
+        zoo.create("markov", data_dim=6, order=-1)
+    with pytest.raises(ValueError, match="permutation"):
+        zoo.create("made", data_dim=3, ordering=[0, 0, 1])
+    with pytest.raises(ValueError, match="ordering"):
+        zoo.create("fvsbn", data_dim=3, ordering="sideways")
+    with pytest.raises(ValueError, match="hidden_size"):
+        zoo.create("nade", data_dim=3, hidden_size=0)
+    with pytest.raises(ValueError, match="data_dim"):
+        zoo.create("nade", data_dim=0)
+    with pytest.raises(ValueError, match="factorization"):
+        zoo.create("rgb_pixel", factorization="diagonal")
+    with pytest.raises(TypeError, match="bad option"):
+        zoo.create("fvsbn", data_dim=3, hidden_size=4)
+    for name in ("independent", "full_joint", "markov", "fvsbn", "nade", "made", "mixture"):
+        model = zoo.create(name, data_dim=3)
+        with pytest.raises(zoo.DataError, match="binary"):
+            model.log_prob(torch.tensor([[0.0, 0.5, 1.0]]))
+        with pytest.raises(zoo.DataError, match="shape"):
+            model.log_prob(torch.zeros(2, 4))
+        with pytest.raises(zoo.DataError, match="binary"):
+            inference.fit(model, torch.full((4, 3), 2.0), steps=1, progress=False)
