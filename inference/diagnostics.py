@@ -62,9 +62,14 @@ KHAT_GOOD, KHAT_OK = 0.5, 0.7
 # the model's structure
 # ----------------------------------------------------------------------------------------
 def _prototype(model, x) -> pyro.poutine.Trace:
-    """One trace of the model on ``x`` (latents drawn from the prior), without side effects."""
+    """One trace of the model on ``x`` (latents drawn from the prior, or from the guide where the
+    prior cannot be sampled, e.g. an improper flat prior), without side effects."""
     with torch.no_grad(), poutine.block():
-        return poutine.trace(model.model).get_trace(x)
+        try:
+            return poutine.trace(model.model).get_trace(x)
+        except NotImplementedError:
+            guide_trace = poutine.trace(model.guide).get_trace(x)
+            return poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x)
 
 
 def latent_sites(model, x) -> dict[str, dict]:
@@ -110,8 +115,10 @@ def pointwise_log_likelihood(model, data, draws: dict[str, torch.Tensor], *, chu
     The model runs once per chunk of draws, conditioned on them, under a plate over the
     draws (vectorised: no Python loop over draws or data points). For a site with local
     latents (``z`` in the data plate) the result is the conditional ``log p(x_n | z_n, theta)``.
-    A model without latent sites (all parameters point estimates) gives ``model.log_prob(x)``
-    as a single draw, shape ``(1, N)``.
+    A model without latent sites (all parameters point estimates), or given no draws of
+    latents it integrates out itself (an enumerated mixture component), gives
+    ``model.log_prob(x)`` as a single draw, shape ``(1, N)``; a model without a density
+    raises :class:`zoo.NoDensityError`.
     """
     x = as_tensor(data)
     model.check_data(x)
@@ -120,9 +127,8 @@ def pointwise_log_likelihood(model, data, draws: dict[str, torch.Tensor], *, chu
         return model.log_prob(x).reshape(1, -1)
     missing = sorted(set(sites) - set(draws))
     if missing:
-        enumerated = [s for s in missing if sites[s]["enumerated"]]
-        if enumerated and len(enumerated) == len(missing) and not set(sites) - set(enumerated):
-            return model.log_prob(x).reshape(1, -1)
+        if not draws:  # latents the model integrates out itself (an enumerated mixture component)
+            return model.log_prob(x).reshape(1, -1)  # (or zoo.NoDensityError saying why not)
         raise NotImplementedError(
             f"{type(model).__name__}: no draws for latent sites {missing}; the pointwise "
             "log-likelihood needs a value for every latent site"

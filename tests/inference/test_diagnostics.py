@@ -197,3 +197,29 @@ def test_posterior_distances():
 
 def test_khat_reading():
     assert [khat_reading(k) for k in (0.2, 0.6, 0.9, math.inf)] == ["good", "ok", "unreliable", "unreliable"]
+
+
+@pytest.mark.parametrize("name", zoo.available())
+def test_every_binary_model_becomes_inference_data(name):
+    """One call for any registered model: a posterior where it has latents the guide draws,
+    else one draw of log p(x) at its point estimate; a model without a density says so."""
+    cls = zoo.get(name)
+    if cls.support != "binary":
+        pytest.skip(f"{name} is not a binary model")
+    model = zoo.create(name, data_dim=4)
+    x = torch.bernoulli(torch.full((12, 4), 0.4), generator=torch.Generator().manual_seed(0))
+    try:
+        idata = to_inference_data(model, x, num_draws=6, num_chains=2)
+    except zoo.NoDensityError:
+        idata = to_inference_data(model, x, num_draws=6, num_chains=2, log_likelihood=False)
+        assert "log_likelihood" not in idata.groups()
+        return
+    ll = idata.log_likelihood["x"]
+    assert ll.dims == ("chain", "draw", "obs") and ll.shape[-1] == 12
+    if "posterior" in idata.groups():
+        assert ll.shape[:2] == (2, 6)
+        for v in idata.posterior.data_vars.values():
+            assert v.dims[:2] == ("chain", "draw")
+    else:  # point estimates: the one draw is log p(x) of the model
+        assert idata.attrs["point_estimate"] == 1 and ll.shape[:2] == (1, 1)
+        assert torch.allclose(torch.as_tensor(ll.values).reshape(-1).float(), model.log_prob(x).float(), atol=1e-5)
