@@ -60,11 +60,13 @@ class ZooModel(PyroModule):
     * ``fit_defaults``: settings of :func:`inference.fit` this model trains well with
       (used where the caller gives none).
     * ``max_plate_nesting``: how many plates the model nests (1: only ``data``).
+    * ``exact_density``: False where ``log_prob`` is an estimate (e.g. importance-sampled).
     """
 
     support: str = "binary"
     fit_defaults: dict = {}
     max_plate_nesting: int = 1
+    exact_density: bool = True
     data_dim: int
     num_categories: int | None = None
 

@@ -90,11 +90,13 @@ def test_normalised_at_init_and_after_training(model):
     if not has_density(model):
         pytest.skip(f"{type(model).__name__} defines no density")
     states = all_states(model)
+    # an importance-sampled log_prob is an estimate: exp of it is unbiased for p(x)
+    tolerance = 1e-4 if model.exact_density else 0.01
     total = model.log_prob(states).double().exp().sum().item()
-    assert total == pytest.approx(1.0, abs=1e-4)
+    assert total == pytest.approx(1.0, abs=tolerance)
     inference.fit(model, toy_data(model), steps=5, progress=False)
     total = model.log_prob(states).double().exp().sum().item()
-    assert total == pytest.approx(1.0, abs=1e-4)
+    assert total == pytest.approx(1.0, abs=tolerance)
 
 
 def test_sample_frequencies_match_log_prob(model):
