@@ -148,13 +148,26 @@ class _LossModule(torch.nn.Module):
         if not isinstance(objective, infer.Trace_ELBO):
             return objective.differentiable_loss(self.model_fn, self.guide_fn, x, **kwargs)
         # Trace_ELBO's differentiable_loss adds Python floats (torch_item), which tracing
-        # would freeze as constants; its surrogate loss alone is traceable, and its value
-        # is the loss itself for reparameterised guides
-        loss = 0.0
+        # would freeze as constants. Traced instead: its surrogate (for the gradient) and
+        # the loss itself, summed in float64 in the same order as Pyro sums the floats
+        # (so the value is Pyro's to the last bit, also for score-function guides,
+        # whose surrogate's value is not the loss)
+        if isinstance(objective, infer.TraceMeanField_ELBO):  # its surrogate is the loss
+            loss = 0.0
+            for model_trace, guide_trace in objective._get_traces(self.model_fn, self.guide_fn, (x,), kwargs):
+                loss = loss + objective._differentiable_loss_particle(model_trace, guide_trace)[1] / objective.num_particles
+            return loss
+        loss = surrogate = 0.0
         for model_trace, guide_trace in objective._get_traces(self.model_fn, self.guide_fn, (x,), kwargs):
-            _, surrogate = objective._differentiable_loss_particle(model_trace, guide_trace)
-            loss = loss + surrogate / objective.num_particles
-        return loss
+            _, surrogate_particle = objective._differentiable_loss_particle(model_trace, guide_trace)
+            surrogate = surrogate + surrogate_particle / objective.num_particles
+            elbo = 0.0
+            for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":
+                        elbo = elbo + sign * torch.as_tensor(site["log_prob_sum"]).double()
+            loss = loss + (-elbo) / objective.num_particles
+        return surrogate + (torch.as_tensor(loss).to(surrogate.dtype) - surrogate).detach()
 
 
 def _identity(fn):
@@ -180,6 +193,7 @@ class Traced(ELBO):
         self.num_particles = objective.num_particles
         self.max_plate_nesting = objective.max_plate_nesting
         self.compiled: dict = {}
+        self.optimize = False
 
     def differentiable_loss(self, model, guide, x, num_data=None):
         key = (_identity(model), _identity(guide), tuple(x.shape), x.dtype, x.device, num_data)
@@ -193,7 +207,8 @@ class Traced(ELBO):
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 fn = torch.jit.trace(module, (x,), check_trace=False)
             self.compiled[key] = fn
-        return fn(x)
+        with torch.jit.optimized_execution(self.optimize):
+            return fn(x)
 
     def loss(self, model, guide, *args, **kwargs):
         with torch.no_grad():

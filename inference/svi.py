@@ -4,7 +4,13 @@ Each step evaluates the chosen objective's ``differentiable_loss`` (a Pyro ELBO)
 minibatch, with the data plate scaled to the whole data set, and takes a plain
 ``torch.optim.Adam`` step on the model's (and guide's) parameters, in the style of
 Pyro's ``examples/svi_torch.py``. Everything else (minibatches, schedule, checkpoints,
-resumption, NaN guard, progress, early stopping) is :func:`inference.loop.train_loop`.
+resumption, NaN guard, progress, early stopping, data parallelism under torchrun) is
+:func:`inference.loop.train_loop`.
+
+The fast path (``compile="jit"``, the default for the zoo's own models) replays the
+objective as a graph traced once with :func:`torch.jit.trace` (:class:`Traced`), which
+removes Pyro's per-step Python (traces, messengers, distribution objects) and gives the
+same loss and gradients (tests/inference/test_fast_path.py checks every registered model).
 """
 from __future__ import annotations
 
@@ -12,10 +18,14 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from inference import distributed as ddp
 from inference.loop import FitResult, train_loop
-from inference.objectives import make_objective
+from inference.objectives import Traced, make_objective
 
-__all__ = ["DEFAULTS", "fit", "as_tensor"]
+__all__ = ["COMPILE_MODES", "DEFAULTS", "fit", "as_tensor"]
+
+#: values of ``fit(compile=...)``
+COMPILE_MODES = ("auto", "jit", "none")
 
 #: Settings used where neither the caller nor the model's ``fit_defaults`` give one.
 DEFAULTS = dict(
@@ -28,6 +38,7 @@ DEFAULTS = dict(
     final_lr_fraction=0.01,
     num_particles=1,
     clip_norm=None,
+    compile="auto",
 )
 
 
@@ -76,6 +87,8 @@ def fit(
     checkpoint_every: int | None = None,
     progress: bool = True,
     validate: bool = False,
+    compile: str | None = None,
+    distributed: bool | None = None,
 ) -> FitResult:
     """Train ``model`` (a :class:`zoo.ZooModel`) on ``data`` by stochastic variational inference.
 
@@ -99,6 +112,17 @@ def fit(
         epoch; with ``early_stopping=P``, training stops after P epochs without
         improvement and the best parameters are restored.
     :param validate: Pyro's distribution argument checks (slow; for debugging).
+    :param compile: ``"jit"`` replays the objective as a graph traced once per batch
+        shape (:class:`inference.objectives.Traced`): the same loss and gradients without
+        Pyro's per-step Python; valid for models of static structure (no Python control
+        flow on values, no Python state that changes between steps). ``"none"``: plain
+        Pyro. ``"auto"`` (default): ``"jit"`` for the zoo's own models with their own
+        guide (each checked by tests/inference/test_fast_path.py), ``"none"`` for other
+        models and guides (a model opts in or out with ``compile`` in ``fit_defaults``).
+        An objective named ``jit_*`` is traced whatever this says.
+    :param distributed: data-parallel training (:mod:`inference.distributed`): None
+        (default) when launched by torchrun with several processes, True to require it,
+        False never. ``batch_size`` is the global batch, split over the processes.
     :returns: a :class:`inference.loop.FitResult`.
     :raises zoo.DataError: data of the wrong shape or type, or non-binary for a Bernoulli
         likelihood. :raises inference.DivergenceError: the loss became NaN or infinite.
@@ -114,8 +138,16 @@ def fit(
         final_lr_fraction=final_lr_fraction,
         num_particles=num_particles,
         clip_norm=clip_norm,
+        compile=compile,
     )
+    if settings["compile"] in (None, False):  # a model's fit_defaults may opt out so
+        settings["compile"] = "none"
+    if settings["compile"] not in COMPILE_MODES:
+        raise ValueError(
+            f"unknown compile mode {settings['compile']!r}; choose from {', '.join(COMPILE_MODES)}"
+        )
     device = _device(device)
+    ctx = ddp.context(device, required=distributed)
     x = as_tensor(data)
     model.check_data(x)
     x = x.to(device)
@@ -136,6 +168,9 @@ def fit(
         num_particles=settings["num_particles"],
         max_plate_nesting=model.max_plate_nesting,
     )
+    traced = _use_jit(settings["compile"], model, guide, validate)
+    if traced and not isinstance(elbo, Traced):
+        elbo = Traced(elbo)
     modules = {"model": model}
     if isinstance(guide, torch.nn.Module):
         modules["guide"] = guide
@@ -159,6 +194,7 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
+            ddp.average_gradients(optimizer)  # clip the averaged gradient (no-op on one process)
             torch.nn.utils.clip_grad_norm_(parameters, clip)
         optimizer.step()
         return {"loss": loss.detach() / num_data}
@@ -167,6 +203,9 @@ def fit(
     if val_data is not None:
         xv = as_tensor(val_data)
         model.check_data(xv)
+        num_val = len(xv)
+        if ctx:  # each process scores its share of the validation data
+            xv = xv.tensor_split(ctx.world_size)[ctx.rank]
         xv = xv.to(device)
         val_elbo = make_objective(
             settings["objective"].removeprefix("jit_"),
@@ -177,10 +216,13 @@ def fit(
         def val_fn():
             with torch.no_grad():
                 total_loss = sum(
-                    float(val_elbo.differentiable_loss(model.model, guide, chunk, num_data=len(chunk)))
+                    val_elbo.differentiable_loss(model.model, guide, chunk, num_data=len(chunk)).detach()
                     for chunk in xv.split(1000)
                 )
-            return total_loss / len(xv)
+            total_loss = torch.as_tensor(total_loss, dtype=torch.float64).reshape(1)
+            if ctx:
+                total_loss = ddp.all_mean(total_loss) * ctx.world_size
+            return float(total_loss) / num_val
 
     settings.update(
         steps=total,
@@ -190,6 +232,7 @@ def fit(
         num_data=num_data,
         model=type(model).__name__,
         early_stopping=early_stopping,
+        compile="jit" if traced or isinstance(elbo, Traced) else "none",
     )
     with pyro.validation_enabled(validate):
         return train_loop(
@@ -211,11 +254,20 @@ def fit(
             checkpoint_every=checkpoint_every,
             progress=progress,
             desc=f"{getattr(model, 'registered_name', type(model).__name__)} [{settings['objective']}]",
+            distributed=distributed,
         )
 
 
 def _device(device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
-    return device
+    """The device to train on (``cuda`` is this process's GPU under torchrun)."""
+    return ddp.local_device(device)
+
+
+def _use_jit(mode: str, model, guide, validate: bool = False) -> bool:
+    """Whether ``compile=mode`` traces the objective (see :func:`fit`)."""
+    if mode == "jit":
+        return True
+    if mode == "none" or validate:  # checks run once when tracing: debug on the plain path
+        return False
+    own_guide = getattr(guide, "__self__", None) is model
+    return own_guide and type(model).__module__.split(".")[0] == "zoo"

@@ -1,0 +1,265 @@
+"""The engine's fast path: the traced objective gives the plain path's numbers, for every model.
+
+``compile="jit"`` replays the objective as a graph traced once (inference.objectives.Traced);
+``"auto"`` (the default) uses it for the zoo's own models. Each registered model trained by
+the SVI engine is checked here: the same loss and gradients as plain Pyro on the same
+weights and seed (bitwise: the traced graph runs the same kernels in the same order), and
+the same parameters after a few steps of ``inference.fit``. A new model that cannot be
+traced fails here; its author sets ``compile="none"`` in its ``fit_defaults``.
+"""
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.nn import PyroParam
+
+import inference
+import zoo
+from inference import loop
+from inference.loop import CHECKPOINT, Minibatches, batch_indices
+from inference.objectives import Traced
+from inference.svi import resolve_settings
+from zoo.base import ZooModel, data_plate
+
+DATA_DIM = 6
+
+
+def make(name):
+    pyro.set_rng_seed(0)
+    if zoo.get(name).support == "categorical":
+        return zoo.create(name, num_categories=3)
+    return zoo.create(name, data_dim=DATA_DIM)
+
+
+def toy_data(model, n=96):
+    g = torch.Generator().manual_seed(1)
+    if model.support == "categorical":
+        return torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), n, replacement=True, generator=g)
+    x = torch.bernoulli(torch.linspace(0.2, 0.8, model.data_dim).expand(n, -1), generator=g)
+    x[:, 1] = x[:, 0]
+    return x
+
+
+def engine_trained(name) -> bool:
+    return getattr(zoo.get(name), "trainer", "svi") == "svi"
+
+
+SVI_MODELS = [name for name in zoo.available() if engine_trained(name)]
+
+
+def traceable(model) -> bool:
+    return resolve_settings(model)["compile"] not in ("none", None)
+
+
+def loss_and_grads(objective, model, x, num_data, seed):
+    model.zero_grad(set_to_none=True)
+    pyro.set_rng_seed(seed)
+    loss = objective.differentiable_loss(model.model, model.guide, x, num_data=num_data)
+    loss.backward()
+    grads = {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("name", SVI_MODELS)
+def test_traced_objective_gives_the_same_loss_and_gradients(name):
+    model = make(name)
+    if not traceable(model):
+        pytest.skip(f"{name} opts out of the traced path (compile='none' in fit_defaults)")
+    settings = resolve_settings(model)
+    x = toy_data(model)
+    kw = dict(num_particles=settings["num_particles"], max_plate_nesting=model.max_plate_nesting)
+    plain = inference.make_objective(settings["objective"].removeprefix("jit_"), **kw)
+    traced = Traced(inference.make_objective(settings["objective"].removeprefix("jit_"), **kw))
+    for seed in range(3):  # the first call traces, later ones replay the graph
+        batch = x[16 * seed : 16 * seed + 32]
+        loss_p, grads_p = loss_and_grads(plain, model, batch, len(x), seed)
+        loss_t, grads_t = loss_and_grads(traced, model, batch, len(x), seed)
+        assert torch.isfinite(loss_p)
+        assert torch.equal(loss_p, loss_t), (name, seed, loss_p, loss_t)
+        assert grads_p.keys() == grads_t.keys()
+        assert any(g is not None for g in grads_p.values()), f"{name}: no parameter gets a gradient"
+        for k, g in grads_p.items():
+            assert (g is None) == (grads_t[k] is None), (name, k)
+            if g is not None:
+                assert torch.equal(g, grads_t[k]), (name, k, (g - grads_t[k]).abs().max())
+    assert len(traced.compiled) == 1  # one batch shape: traced once
+
+
+@pytest.mark.parametrize("name", SVI_MODELS)
+def test_fit_on_the_fast_path_ends_where_the_plain_path_does(name):
+    model = make(name)
+    if not traceable(model):
+        pytest.skip(f"{name} opts out of the traced path (compile='none' in fit_defaults)")
+    x = toy_data(model)
+    results, states = {}, {}
+    for mode in ("none", "auto"):
+        m = make(name)
+        results[mode] = inference.fit(m, x, steps=12, batch_size=32, progress=False, compile=mode)
+        states[mode] = m.state_dict()
+    assert results["none"].settings["compile"] == "none"
+    assert results["auto"].settings["compile"] == "jit"  # the default for the zoo's models
+    assert results["auto"].losses == results["none"].losses
+    for k, v in states["none"].items():
+        assert torch.equal(v, states["auto"][k]), (name, k)
+
+
+class Counting(ZooModel):
+    """Independent pixels whose model counts its calls: Python state a trace would freeze."""
+
+    def __init__(self, data_dim=3):
+        super().__init__()
+        self.data_dim, self.calls = data_dim, 0
+        self.logits = PyroParam(torch.zeros(data_dim))
+
+    def model(self, x=None, num_data=None):
+        self.calls += 1
+        with data_plate(x, num_data):
+            pyro.sample("x", dist.Bernoulli(logits=self.logits).to_event(1), obs=x)
+
+    def num_parameters(self):
+        return self.data_dim
+
+
+def test_auto_keeps_models_from_outside_the_zoo_on_the_plain_path():
+    x = torch.bernoulli(torch.full((40, 3), 0.3))
+    model = Counting()
+    result = inference.fit(model, x, steps=5, batch_size=8, progress=False)
+    assert result.settings["compile"] == "none" and model.calls == 5
+    model = Counting()
+    result = inference.fit(model, x, steps=5, batch_size=8, progress=False, compile="jit")
+    assert result.settings["compile"] == "jit" and model.calls == 1  # traced once, replayed
+    vae = zoo.create("vae", data_dim=3, hidden=(4,), latent_dim=2)
+    other_guide = inference.fit(vae, x, guide=lambda x, num_data=None: vae.guide(x, num_data),
+                                steps=2, batch_size=8, progress=False)
+    assert other_guide.settings["compile"] == "none"  # a guide the tests have not seen
+    with pytest.raises(ValueError, match="compile mode"):
+        inference.fit(Counting(), x, steps=1, progress=False, compile="fast")
+
+
+class ScoreFunction(ZooModel):
+    """z ~ Bernoulli(0.5) per data point, x | z ~ Bernoulli(sigmoid(w * z + b)); the guide
+    q(z | x) = Bernoulli(sigmoid(a)) is not reparameterisable (score-function gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.data_dim = 2
+        self.w = PyroParam(torch.tensor([1.0, -1.0]))
+        self.b = PyroParam(torch.zeros(2))
+        self.a = PyroParam(torch.tensor(0.3))
+
+    def model(self, x=None, num_data=None):
+        with data_plate(x, num_data):
+            z = pyro.sample("z", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Bernoulli(logits=self.w * z.unsqueeze(-1) + self.b).to_event(1), obs=x)
+
+    def guide(self, x=None, num_data=None):
+        with data_plate(x, num_data):
+            pyro.sample("z", dist.Bernoulli(logits=self.a.expand(x.shape[0])))
+
+    def num_parameters(self):
+        return 4
+
+
+def test_traced_loss_is_the_loss_not_the_surrogate_for_score_function_guides():
+    model = ScoreFunction()
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    plain, traced = inference.make_objective("elbo"), inference.make_objective("jit_elbo")
+    for seed in range(3):
+        loss_p, grads_p = loss_and_grads(plain, model, x, 10, seed)
+        loss_t, grads_t = loss_and_grads(traced, model, x, 10, seed)
+        assert loss_t.item() == pytest.approx(loss_p.item(), rel=1e-6)
+        for k, g in grads_p.items():
+            assert torch.allclose(g, grads_t[k], rtol=1e-6, atol=1e-7), k
+
+
+def test_minibatches_are_the_batch_indices_and_ranks_split_them():
+    x = torch.arange(50.0).unsqueeze(-1)
+    single = Minibatches(x, 10, seed=3)
+    ranks = [Minibatches(x, 10, seed=3, rank=r, world_size=2) for r in range(2)]
+    for step in range(12):  # over epoch boundaries (5 steps per epoch)
+        idx = batch_indices(step, 50, 10, 3)
+        assert torch.equal(single.indices(step), idx)
+        assert torch.equal(torch.cat([m.indices(step) for m in ranks]), idx)
+        assert torch.equal(single(step), x[idx])
+    with pytest.raises(ValueError, match="divisible"):
+        Minibatches(x, 10, seed=0, rank=0, world_size=3)
+
+
+class Exploding(ZooModel):
+    """Independent pixels whose logits turn NaN after a number of model calls."""
+
+    def __init__(self, nan_after):
+        super().__init__()
+        self.data_dim, self.nan_after, self.calls = 2, nan_after, 0
+        self.logits = PyroParam(torch.zeros(2))
+
+    def model(self, x=None, num_data=None):
+        self.calls += 1
+        logits = self.logits * (math.nan if self.calls > self.nan_after else 1.0)
+        with data_plate(x, num_data):
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def num_parameters(self):
+        return 2
+
+
+def test_deferred_loss_checks_still_name_the_step_and_never_checkpoint_nan(tmp_path):
+    """Losses read back every 7 steps (the GPU default is 25): the NaN of step 25 is found
+    at a later step, reported as step 25, and the checkpoint of step 20 is kept."""
+    x = torch.bernoulli(torch.full((200, 2), 0.4))
+    with pytest.raises(inference.DivergenceError, match=r"at step 25.*step 20"):
+        loop_fit(Exploding(nan_after=25), x, tmp_path, sync_every=7)
+    saved = inference.load_checkpoint(tmp_path / CHECKPOINT)
+    assert saved["step"] == 20 and all(torch.isfinite(v).all() for v in saved["modules"]["model"].values())
+    # and deferred read-back records the same history as reading every step
+    a = loop_fit(Exploding(nan_after=10**9), x, None, sync_every=7)
+    b = loop_fit(Exploding(nan_after=10**9), x, None, sync_every=1)
+    assert a.losses == b.losses and len(a.losses) == 60
+
+
+def loop_fit(model, x, run_dir, sync_every):
+    """inference.fit's SVI step driven by train_loop with a given sync_every."""
+    elbo = inference.make_objective("elbo")
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+
+    def step_fn(batch, step):
+        loss = elbo.differentiable_loss(model.model, model.guide, batch, num_data=len(x))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach() / len(x)}
+
+    with pyro.validation_enabled(False):  # NaN reaches the loss instead of a ValueError
+        return loop.train_loop(
+            step_fn=step_fn, data=x, modules={"model": model}, optimizers={"adam": opt},
+            settings={"test": 1}, total_steps=60, batch_size=32, seed=0, lr=0.05,
+            run_dir=run_dir, checkpoint_every=10, progress=False, sync_every=sync_every,
+        )
+
+
+def test_fast_path_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
+    x = toy_data(make("vae"))
+    settings = dict(steps=30, batch_size=32, lr=0.01, checkpoint_every=10, progress=False)
+    reference = make("vae")
+    full = inference.fit(reference, x, **settings)
+    assert full.settings["compile"] == "jit"
+
+    real_lr_at = loop.lr_at
+
+    def dies_at_step_25(step, *args):
+        if step == 25:
+            raise RuntimeError("killed")
+        return real_lr_at(step, *args)
+
+    model = make("vae")
+    monkeypatch.setattr(loop, "lr_at", dies_at_step_25)
+    with pytest.raises(RuntimeError, match="killed"):
+        inference.fit(model, x, run_dir=tmp_path, **settings)
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    resumed = inference.fit(make("vae"), x, run_dir=tmp_path, **settings)
+    assert resumed.resumed_from == 20 and resumed.losses == full.losses
+    state = inference.load_checkpoint(tmp_path / CHECKPOINT)["modules"]["model"]
+    for k, v in reference.state_dict().items():
+        assert torch.equal(state[k], v), k
