@@ -220,8 +220,9 @@ def _figures(idatas: dict, exact: dict, name: str, config: dict, workdir: Path) 
         fig = axes.ravel()[0].figure
         fig.suptitle(f"{name}: 94% HDI of {site} by method")
         plots._save(fig, workdir / f"forest_{name}.png")
-        subsets = [i.posterior[[site]].sel(coords) for i in idatas.values() if i.posterior[site].values.std() > 0]
-        labels = [k for k, i in idatas.items() if i.posterior[site].values.std() > 0]
+        spread = {k: float(i.posterior[site].values.std(axis=(0, 1)).min()) > 0 for k, i in idatas.items()}
+        subsets = [i.posterior[[site]].sel(coords) for k, i in idatas.items() if spread[k]]
+        labels = [k for k in idatas if spread[k]]
         axes = az.plot_density(subsets, data_labels=labels, var_names=[site], hdi_prob=0.995, shade=0.05)
         fig = axes.ravel()[0].figure
         fig.suptitle(f"{name}: marginal posteriors of {site} by method (AutoDelta omitted: a point)")
