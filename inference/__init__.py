@@ -8,6 +8,7 @@
     {'nll': ..., 'bits_per_dim': ..., ...}
 """
 import zoo  # noqa: F401  (sets Pyro's module-local parameters before any model is built)
+from inference.adversarial import fit_adversarial, fit_discriminator
 from inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from inference.compare import compare_models, compare_runs
 from inference.diagnostics import diagnose, posterior_distances, psis_khat, to_inference_data
@@ -33,6 +34,8 @@ __all__ = [
     "evaluate",
     "exact_posterior",
     "fit",
+    "fit_adversarial",
+    "fit_discriminator",
     "load_checkpoint",
     "make_objective",
     "mcmc",

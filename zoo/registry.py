@@ -31,6 +31,7 @@ _MODELS: dict[str, object] = {
     "made": "zoo.made:MADE",
     "mixture": "zoo.mixture:BernoulliMixture",
     "rgb_pixel": "zoo.rgb_pixel:RGBPixel",
+    "gan": "zoo.gan:GAN",
     "vae": "zoo.vae:VAE",
     "autoencoder": "zoo.autoencoder:Autoencoder",
 }
