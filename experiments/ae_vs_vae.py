@@ -7,7 +7,8 @@ prior on it; the VAE (``zoo.vae``) has z ~ N(0, I) and a Gaussian guide q(z | x)
 Writes to ``workdir``:
 
 =========================  ==================================================================
-``table.md``               reconstruction error, ELBO and importance-sampled NLL (K stated);
+``table.md``               reconstruction error (test, and train beside it), ELBO and
+                           importance-sampled NLL (K stated);
                            the autoencoder's NLL cell says why there is none
 ``reconstructions.png``    rows: test images, autoencoder reconstructions, VAE reconstructions
                            (pixel probabilities; the VAE decodes the guide's mean)
@@ -77,8 +78,8 @@ def latent_map(ae, vae, test, path) -> Path:
     """Scatter of test codes (autoencoder) and guide means (VAE), coloured by label."""
     with torch.no_grad():
         codes = {"autoencoder: codes e(x)": ae.encode(test.x), "VAE: guide means mu(x)": vae.encode(test.x)[0]}
-    fig, axes = plots.plt.subplots(1, 2, figsize=(10, 4.6))
-    for ax, (title, z) in zip(axes, codes.items()):
+    fig, axes = plots.plt.subplots(1, 3, figsize=(10.5, 4.6), gridspec_kw={"width_ratios": [1, 1, 0.05]})
+    for ax, (title, z) in zip(axes[:2], codes.items()):
         sc = ax.scatter(z[:, 0], z[:, 1], c=test.y.numpy() if test.y is not None else None, cmap="tab10", s=8, vmin=-0.5, vmax=9.5)
         t = torch.linspace(0, 2 * math.pi, 200)
         for r in (1, 2, 3):
@@ -88,7 +89,9 @@ def latent_map(ae, vae, test, path) -> Path:
         ax.set_ylabel("z2")
         ax.set_aspect("equal", adjustable="datalim")
     if test.y is not None:
-        fig.colorbar(sc, ax=axes, ticks=range(10), label="digit")
+        fig.colorbar(sc, cax=axes[2], ticks=range(10), label="digit")
+    else:
+        axes[2].set_axis_off()
     fig.suptitle("test codes; circles: 1, 2, 3 sd of N(0, I), the VAE's prior")
     return plots._save(fig, path)
 
@@ -111,8 +114,10 @@ def run(config: dict, workdir) -> dict:
     for name, model in models.items():
         pyro.set_rng_seed(config["seed"] + 1)
         metrics = inference.evaluate(model, test, num_samples=K) if name == "vae" else inference.evaluate(model, test)
+        train_error = reconstruction_error(model, train_data.x)
         rows[name] = {
             **reconstruction_error(model, test.x),
+            "train_reconstruction_nats": train_error["reconstruction_nats"],
             "elbo": metrics.get("elbo"),
             "nll": metrics["nll"],
             "nll_note": metrics.get("nll_note"),
@@ -153,13 +158,14 @@ def run(config: dict, workdir) -> dict:
 def _table(rows: dict, K: int, config: dict) -> str:
     head = (
         f"Test split of `{config['data']}` ({config['objective']}, latent_dim {config['latent_dim']}, "
-        f"hidden {config['hidden']}, {config['epochs']} epochs). Nats per image.\n\n"
-        f"| model | reconstruction cross-entropy | pixel error rate | ELBO | NLL (importance-sampled, K = {K}) |\n"
+        f"hidden {config['hidden']}, {config['epochs']} epochs). Nats per image. Reconstructions: "
+        "cross-entropy of x under the decoded pixel probabilities (VAE: decoding the guide mean).\n\n"
+        f"| model | reconstruction cross-entropy (train) | pixel error rate | ELBO | NLL (importance-sampled, K = {K}) |\n"
         "|---|---|---|---|---|\n"
     )
     body = ""
     for name, r in rows.items():
         elbo = f"{r['elbo']:.2f}" if r["elbo"] is not None else "none: no prior or guide density (Delta guide, flat code)"
         nll = f"{r['nll']:.2f}" if r["nll"] is not None else NO_NLL
-        body += f"| {name} | {r['reconstruction_nats']:.2f} | {100 * r['pixel_error_rate']:.2f}% | {elbo} | {nll} |\n"
+        body += f"| {name} | {r['reconstruction_nats']:.2f} ({r['train_reconstruction_nats']:.2f}) | {100 * r['pixel_error_rate']:.2f}% | {elbo} | {nll} |\n"
     return head + body

@@ -14,7 +14,8 @@ computed two independent ways:
   is, a fine grid over that box gives the normalised density, its mean and covariance and
   the evidence log p(x) = log sum_grid p(x, z) dA.
 
-Both and the guide are written as ``arviz.InferenceData`` (``nuts.nc``, ``guide.nc``).
+Both and the guide are written as ``arviz.InferenceData`` (``nuts.nc``, ``guide.nc``), and
+the trained VAE's weights as ``vae.pt`` (a state dict).
 For each image the table gives the PSIS k-hat of q used as an importance proposal for
 p(z | x) (Yao, Vehtari, Simpson & Gelman 2018: k < 0.5 good, 0.5-0.7 usable, > 0.7
 unreliable), KL(q || p(z | x)) = log p(x) - ELBO (from the grid evidence), the
@@ -87,8 +88,9 @@ def grid_posterior(vae, x: torch.Tensor, *, size: int = 201, limit: float = 6.0)
     """p(z | x_m) by quadrature for each row x_m (the model must have ``latent_dim = 2``).
 
     Returns per image: ``z1``, ``z2`` (fine-grid axes), ``log_density`` (size x size,
-    normalised so that sum(exp) * dA = 1), ``log_evidence`` (log p(x_m)), ``mean`` (2,) and
-    ``cov`` (2, 2), all float64 tensors.
+    normalised so that sum(exp) * dA = 1), ``log_evidence`` (log p(x_m)), ``mean`` (2,),
+    ``cov`` (2, 2), ``max_log_joint`` (the peak of log p(x, z)) and ``mass_outside_box``
+    (the coarse grid's posterior mass outside the fine box), all float64 tensors.
     """
     if vae.latent_dim != LATENT_DIM:
         raise ValueError(f"grid_posterior needs latent_dim = 2, got {vae.latent_dim}")
@@ -105,6 +107,9 @@ def grid_posterior(vae, x: torch.Tensor, *, size: int = 201, limit: float = 6.0)
         lo2, hi2 = axis[j.min()] - step, axis[j.max()] + step
         z1 = torch.linspace(float(lo1), float(hi1), size, dtype=torch.float64)
         z2 = torch.linspace(float(lo2), float(hi2), size, dtype=torch.float64)
+        inside = torch.zeros_like(lj, dtype=torch.bool)
+        inside[i.min() : i.max() + 1, j.min() : j.max() + 1] = True
+        coarse_mass = torch.softmax(lj.flatten(), 0).reshape(lj.shape)
         fine = _log_joint_on(vae, x[m : m + 1], z1, z2)[..., 0]
         log_area = math.log(float((z1[1] - z1[0]) * (z2[1] - z2[0])))
         log_evidence = torch.logsumexp(fine.flatten(), 0) + log_area
@@ -114,7 +119,8 @@ def grid_posterior(vae, x: torch.Tensor, *, size: int = 201, limit: float = 6.0)
         mean = (w[..., None] * zz).sum((0, 1))
         centred = zz - mean
         cov = (w[..., None, None] * centred[..., :, None] * centred[..., None, :]).sum((0, 1))
-        out.append(dict(z1=z1, z2=z2, log_density=log_density, log_evidence=log_evidence, mean=mean, cov=cov))
+        out.append(dict(z1=z1, z2=z2, log_density=log_density, log_evidence=log_evidence, mean=mean, cov=cov,
+                        max_log_joint=fine.max(), mass_outside_box=coarse_mass[~inside].sum()))
     return out
 
 
@@ -247,6 +253,10 @@ def run(config: dict, workdir) -> dict:
     ess_tail = az.ess(nuts_idata, method="tail")["z"].values
 
     flat = draws.reshape(-1, *draws.shape[2:]).double()  # (chains * draws, M, 2)
+    with torch.no_grad():
+        chain_log_joint = vae.log_joint(x, draws).mean(1)  # (chains, M): mean log p(x, z) per chain
+        chain_means = draws.mean(1)  # (chains, M, 2)
+    torch.save(vae.state_dict(), workdir / "vae.pt")
     rows = []
     for m, g in enumerate(grids):
         grid_sd = g["cov"].diagonal().sqrt()
@@ -272,6 +282,10 @@ def run(config: dict, workdir) -> dict:
             "nuts_vs_grid_mean_error_sd": float(((nuts_mean - g["mean"]) / grid_sd).abs().max()),
             "q_vs_grid_mean_error_sd": float(((q_mean - g["mean"]) / grid_sd).abs().max()),
             "q_to_grid_sd_ratio": (q_sd / grid_sd).tolist(),
+            "grid_mass_outside_box": float(g["mass_outside_box"]),
+            "grid_max_log_joint": float(g["max_log_joint"]),
+            "nuts_chain_means": chain_means[:, m].tolist(),
+            "nuts_chain_mean_log_joint": chain_log_joint[:, m].tolist(),
             "rhat_max": float(rhat[m].max()),
             "ess_bulk_min": float(ess_bulk[m].min()),
             "ess_tail_min": float(ess_tail[m].min()),
@@ -361,4 +375,15 @@ def _table(rows: list[dict], config: dict, divergences: list[int]) -> str:
         f"{r['rhat_max']:.3f} | {r['ess_bulk_min']:.0f} | {r['ess_tail_min']:.0f} |\n"
         for r in rows
     )
-    return head + body
+    notes = ""
+    for r in rows:
+        if r["rhat_max"] > 1.01:
+            means = ", ".join(pair(v) for v in r["nuts_chain_means"])
+            lj = ", ".join(f"{v:.1f}" for v in r["nuts_chain_mean_log_joint"])
+            notes += (
+                f"\n- Test image {r['test_index']}: r_hat {r['rhat_max']:.2f} flags the NUTS chains as disagreeing. "
+                f"Chain means {means}; mean log p(x, z) per chain {lj} (the peak of log p(x, z) on the grid: "
+                f"{r['grid_max_log_joint']:.1f}). The coarse grid over the whole square puts mass "
+                f"{r['grid_mass_outside_box']:.1e} outside the box the fine grid covers.\n"
+            )
+    return head + body + notes
