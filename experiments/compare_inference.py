@@ -16,9 +16,9 @@ class frequencies - every method's posterior is compared with the exact one:
 
 Per method: the largest and mean absolute error of the posterior means, the largest and mean
 relative error of the posterior standard deviations, the mean 1-Wasserstein distance of the
-marginals (all from ``num_draws`` draws of each method), KL(q || exact) where closed-form, the PSIS k-hat of the method as an importance
-proposal for the exact posterior (guides only; Yao et al. 2018), r_hat / ESS (NUTS) and the
-wall time of fitting or sampling.
+marginals (all from ``num_draws`` draws of each method), KL(q || exact) where closed-form,
+the PSIS k-hat of the method as an importance proposal for the exact posterior (guides only;
+Yao et al. 2018), r_hat / ESS (NUTS) and the wall time of fitting or sampling.
 
 Writes to ``workdir``: ``table.md`` (one table per model), ``results.json``,
 ``forest_<model>.png`` (ArviZ forest plot of every method on the first ``plot_coords``
@@ -128,7 +128,8 @@ def run_method(method: str, make, x: torch.Tensor, config: dict) -> dict:
 def _guide_distributions(model) -> dict:
     with torch.no_grad():
         if hasattr(model, "alpha"):
-            return {"p": torch.distributions.Independent(torch.distributions.Beta(model.alpha.detach(), model.beta.detach()), 1)}
+            beta = torch.distributions.Beta(model.alpha.detach(), model.beta.detach())
+            return {"p": torch.distributions.Independent(beta, 1)}
         return {"probs": torch.distributions.Dirichlet(model.gamma.detach())}
 
 
@@ -178,8 +179,9 @@ def run(config: dict, workdir) -> dict:
                     row["note"] = "; ".join(r["warnings"])
             n = x.shape[0]
             dims = model.data_dim if name == "bernoulli" else model.num_categories
-            title = (f"{name}: {'Beta-Bernoulli on ' + str(dims) + ' digits pixels' if name == 'bernoulli' else 'Dirichlet-Categorical on digits labels (' + str(dims) + ' classes)'}, "
-                     f"N = {n}")
+            what = (f"Beta-Bernoulli on {dims} digits pixels" if name == "bernoulli"
+                    else f"Dirichlet-Categorical on digits labels ({dims} classes)")
+            title = f"{name}: {what}, N = {n}"
             columns = ["method", "mean_err_max", "mean_err_avg", "sd_rel_err_max", "sd_rel_err_avg", "wasserstein", "kl",
                        "khat", "r_hat", "ess_bulk", "seconds", "note"]
             sections.append(f"## {title}\n\n" + markdown_table(rows, columns))
@@ -192,21 +194,27 @@ def run(config: dict, workdir) -> dict:
             "(from draws); kl: KL(q || exact), closed form where q is in the exact family; khat: PSIS k-hat of q as an "
             "importance proposal for the posterior (< 0.5 good, 0.5-0.7 ok, > 0.7 unreliable, inf for a point mass); "
             "r_hat / ess_bulk: NUTS convergence (largest r_hat, smallest bulk ESS); seconds: wall time of fitting / "
-            f"sampling (the exact row: drawing; diagnostics excluded everywhere). {config['steps']} SVI steps per guide, {config['num_draws']} draws per method; NUTS "
+            "sampling (the exact row: drawing; diagnostics excluded everywhere). "
+            f"{config['steps']} SVI steps per guide, {config['num_draws']} draws per method; NUTS "
             f"{config['nuts_chains']} chains x {config['nuts_samples']} draws after {config['nuts_warmup']} warm-up.\n\n"
         )
         (workdir / "table.md").write_text(preamble + "\n".join(sections))
-        out = {"config": {k: v for k, v in config.items()}, "results": results}
-        (workdir / "results.json").write_text(json.dumps(out, indent=2, default=_json) + "\n")
+        out = _strict({"config": dict(config), "results": results})
+        (workdir / "results.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
         return out
     finally:
         torch.set_num_threads(torch_threads)
 
 
-def _json(v):
-    if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
+def _strict(v):
+    """Non-finite floats (k-hat = inf for a point mass) as strings, so results.json is strict JSON."""
+    if isinstance(v, dict):
+        return {k: _strict(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict(u) for u in v]
+    if isinstance(v, float) and not math.isfinite(v):
         return str(v)
-    return str(v)
+    return v
 
 
 def _figures(idatas: dict, exact: dict, name: str, config: dict, workdir: Path) -> None:
@@ -215,8 +223,9 @@ def _figures(idatas: dict, exact: dict, name: str, config: dict, workdir: Path) 
     coords = {d: first[d].values[: int(config["plot_coords"])] for d in first.dims[2:]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        height = 1.5 + 0.3 * len(idatas) * int(config["plot_coords"])
         axes = az.plot_forest(list(idatas.values()), model_names=list(idatas), var_names=[site], coords=coords,
-                              combined=True, hdi_prob=0.94, figsize=(8, 1.5 + 0.3 * len(idatas) * int(config["plot_coords"])))
+                              combined=True, hdi_prob=0.94, figsize=(8, height))
         fig = axes.ravel()[0].figure
         fig.suptitle(f"{name}: 94% HDI of {site} by method")
         plots._save(fig, workdir / f"forest_{name}.png")
