@@ -16,7 +16,7 @@ Pyro objective traced once and replayed) and with plain Pyro (``elbo``). The bas
 the loss written with ``torch.nn.functional``. Before timing, both losses are checked equal.
 Data: synthetic binary images (timing does not depend on pixel values), batch 128.
 
-    python -m benchmarks.autoregressive [--quick] [--threads 2] [--models nade made]
+    python -m benchmarks.autoregressive [--quick] [--threads 2] [--models nade made] [--rounds 7 --repeat 5]
 """
 from __future__ import annotations
 
@@ -113,8 +113,10 @@ def main(argv=None) -> str:
     parser.add_argument("--models", nargs="+", default=["nade", "made"], choices=["nade", "made"])
     parser.add_argument("--hidden", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
+    parser.add_argument("--repeat", type=int, default=5, help="steps per round")
     args = parser.parse_args(argv)
-    rounds, repeat = (3, 3) if args.quick else (9, 10)
+    rounds, repeat = (3, 2) if args.quick else (args.rounds, args.repeat)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     data = torch.bernoulli(torch.full((10_000, 784), 0.13), generator=g)

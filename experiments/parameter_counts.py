@@ -104,7 +104,7 @@ def _row(label, n, text, formula, model, note=""):
 def _count_text(value: int | None) -> str:
     if value is None:
         return "not stored"
-    if value >= 10**15:
+    if value >= 10**21:
         return f"~ 10^{math.log10(value):.1f}"
     return f"{value:,}"
 
@@ -120,27 +120,34 @@ def counts_table(rows: list[dict]) -> str:
 
 
 def counts_chart(rows: list[dict], path) -> Path:
-    """Log-scale bars: one group per model, one bar per n (one bar for the RGB pixel)."""
-    labels = list(dict.fromkeys(r["model"] for r in rows))
+    """Log-scale bars, one group per model and one bar per n (one bar for the RGB pixel).
+
+    Left: every model; right: without the full joint, whose 2^n - 1 flattens the rest.
+    """
+    from matplotlib.patches import Patch
+
     sizes = list(dict.fromkeys(r["n"] for r in rows if not r["model"].startswith("rgb")))
     colours = {n: f"C{j}" for j, n in enumerate(sizes)}
-    fig, ax = plots.plt.subplots(figsize=(max(6.0, 1.1 * len(labels)), 4.8))
-    for i, label in enumerate(labels):
-        group = [r for r in rows if r["model"] == label]
-        width = 0.8 / len(group)
-        for j, r in enumerate(group):
-            x = i + (j - (len(group) - 1) / 2) * width
-            value = float(r["count"])
-            ax.bar(x, value, width, color=colours.get(r["n"], "C7"))
-            ax.annotate(f"{value:.2g}", (x, value), ha="center", va="bottom", fontsize=6, rotation=90)
-    for n in sizes:
-        ax.bar([], [], color=colours[n], label=f"n = {n} pixels")
-    ax.bar([], [], color="C7", label="one RGB pixel")
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
-    ax.set_ylabel("free parameters (log scale)")
-    ax.set_title("free parameters of each model")
-    ax.legend(fontsize=8)
+    everything = list(dict.fromkeys(r["model"] for r in rows))
+    panels = [everything, [m for m in everything if m != "full joint"]]
+    fig, axes = plots.plt.subplots(1, 2, figsize=(max(10.0, 1.6 * len(everything)), 5.2))
+    for ax, labels in zip(axes, panels):
+        for i, label in enumerate(labels):
+            group = [r for r in rows if r["model"] == label]
+            width = 0.8 / len(group)
+            for j, r in enumerate(group):
+                x = i + (j - (len(group) - 1) / 2) * width
+                value = float(r["count"])
+                ax.bar(x, value, width, bottom=0.5, color=colours.get(r["n"], "C7"))
+                ax.annotate(f"{value:.2g}", (x, value), ha="center", va="bottom", fontsize=6, rotation=90)
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.5, top=ax.get_ylim()[1] * 30)
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel("free parameters (log scale)")
+    axes[0].set_title("free parameters of each model")
+    axes[1].set_title("without the full joint")
+    handles = [Patch(color=colours[n], label=f"n = {n} pixels") for n in sizes] + [Patch(color="C7", label="one RGB pixel")]
+    axes[0].legend(handles=handles, fontsize=8, loc="upper left")
     return plots._save(fig, path)
 
 
