@@ -99,7 +99,7 @@ def run_dirs(tmp_path_factory):
 
 def test_compare_runs_writes_table_figures_and_report(run_dirs, tmp_path):
     out = tmp_path / "report"
-    result = compare_runs(run_dirs, out, max_coords=4, num_draws=100, num_chains=2)
+    result = compare_runs(run_dirs, out, max_coords=4, num_draws=100, num_chains=2, max_loo_points=300)
     rows = {r["run"]: r for r in result["rows"]}
     assert set(rows) == {"uniform", "tight"}
     for r in rows.values():
