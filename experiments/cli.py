@@ -139,6 +139,10 @@ def _evaluate(args):
     model, config = load_run(args.run_dir)
     data = _load(config, args.split)
     metrics = inference.evaluate(model, data)
+    metrics["sample_quality"] = inference.sample_quality(
+        model, config["data"], root=config.get("data_dir"), binarize=config["binarize"],
+        seed=config["seed"], split=args.split,
+    )
     print(json.dumps({"run": str(args.run_dir), "split": args.split, **metrics}, indent=2))
 
 
@@ -180,6 +184,11 @@ def _print_metrics(metrics: dict):
           f"{metrics['steps']} steps, {metrics['train_seconds']:.1f} s")
     for k, v in test.items():
         print(f"  test {k}: {v:.4f}" if isinstance(v, float) else f"  test {k}: {v}")
+    quality = metrics.get("sample_quality") or {}
+    if "fd" in quality or "mmd2" in quality:
+        print("  samples: " + ", ".join(
+            f"{k} {quality[k]:.4g}" for k in ("fd", "mmd2", "parzen_ll", "parzen_bernoulli_ll", "classes_covered") if k in quality
+        ))
 
 
 _COMMANDS = {"list": _list, "train": _train, "evaluate": _evaluate, "sample": _sample, "experiment": _experiment, "compare": _compare}

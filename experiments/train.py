@@ -101,7 +101,9 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
     train, valid, test = (_load(config, s) for s in ("train", "valid", "test"))
     fit_kwargs = {k: config[k] for k in FIT_KEYS if config[k] is not None}
     start = time.perf_counter()
-    result = inference.fit(
+    # models that declare another trainer (the GAN: trainer = "adversarial") use it
+    trainer = inference.fit_adversarial if getattr(model, "trainer", "svi") == "adversarial" else inference.fit
+    result = trainer(
         model,
         train,
         val_data=valid if len(valid) else None,
@@ -122,6 +124,10 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
         "stopped_early": result.stopped_early,
         "valid": inference.evaluate(model, valid) if len(valid) else None,
         "test": inference.evaluate(model, test),
+        # FD, MMD, Parzen window and mode coverage of samples vs the test split (any model)
+        "sample_quality": inference.sample_quality(
+            model, config["data"], root=config["data_dir"], binarize=config["binarize"], seed=config["seed"]
+        ),
     }
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plots.loss_curve(

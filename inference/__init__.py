@@ -15,6 +15,7 @@ from inference.diagnostics import diagnose, posterior_distances, psis_khat, to_i
 from inference.evaluation import evaluate, exact_posterior, posterior
 from inference.loop import DivergenceError, FitResult, train_loop
 from inference.mcmc import ConvergenceWarning, convergence, mcmc
+from inference.metrics import sample_quality
 from inference.objectives import OBJECTIVES, make_objective
 from inference.sbc import SBCResult, sbc, sbc_exact, sbc_fitted_guide
 from inference.svi import DEFAULTS, fit
@@ -43,6 +44,7 @@ __all__ = [
     "posterior_distances",
     "psis_khat",
     "save_checkpoint",
+    "sample_quality",
     "sbc",
     "sbc_exact",
     "sbc_fitted_guide",

@@ -248,16 +248,31 @@ def mmd2(samples: torch.Tensor, data: torch.Tensor, sigma: float | None = None) 
     return kxx + kyy - 2 * kxy
 
 
-def _parzen_scores(samples, x, log_kernels, chunk=1024):
-    """Mean over rows of x of log (1/n) sum_i k(x, s_i), for each kernel; and per-row values.
+def _is_binary(t: torch.Tensor) -> bool:
+    return bool(((t == 0) | (t == 1)).all())
 
-    ``log_kernels(sq_dist) -> (..., K)`` gives the log-kernel for K bandwidths.
+
+def _parzen_scores(samples, x, log_kernels, chunk=256):
+    """log (1/n) sum_i k(x, s_i) for every row of x and each of K bandwidths: ``(len(x), K)``.
+
+    ``log_kernels(sq_dist) -> (..., K)`` gives the log-kernel for K bandwidths. For binary
+    rows the squared distance is the Hamming distance h in 0..D, so the sum over samples
+    is a sum over h of count(h) k(h), exact and independent of the number of samples.
     """
+    n = len(samples)
+    binary = _is_binary(samples) and _is_binary(x)
     rows = []
     for start in range(0, len(x), chunk):
         d = _sq_dists(x[start:start + chunk], samples)  # (b, n)
-        rows.append(torch.logsumexp(log_kernels(d), dim=1) - math.log(len(samples)))  # (b, K)
-    return torch.cat(rows)  # (len(x), K)
+        if binary:
+            D = samples.shape[1]
+            h = d.round().long()
+            counts = torch.zeros(len(d), D + 1, dtype=torch.float64).scatter_add_(1, h, torch.ones_like(d))
+            values = torch.arange(D + 1, dtype=torch.float64)
+            rows.append(torch.logsumexp(counts.log()[..., None] + log_kernels(values), dim=1) - math.log(n))
+        else:
+            rows.append(torch.logsumexp(log_kernels(d), dim=1) - math.log(n))  # (b, K)
+    return torch.cat(rows)
 
 
 def parzen_log_likelihood(samples, test, valid, *, kernel: str = "gaussian", grid=None) -> dict:

@@ -56,12 +56,14 @@ __all__ = ["GAN"]
 RELAXATIONS = ("straight_through", "sigmoid")
 
 
-def _mlp(sizes, *, leaky: bool) -> nn.Sequential:
-    """Linear layers of the given widths, ReLU (or LeakyReLU(0.2)) between them."""
+def _mlp(sizes, *, leaky: bool, dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers of the given widths, ReLU (or LeakyReLU(0.2)) between them, then dropout."""
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         if i:
             layers.append(nn.LeakyReLU(0.2) if leaky else nn.ReLU())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(a, b))
     return nn.Sequential(*layers)
 
@@ -101,20 +103,24 @@ class GAN(ZooModel):
     :param str relax: what the discriminator sees of a generated point during training:
         ``"straight_through"`` (default; the binary sample, gradient through the sigmoid)
         or ``"sigmoid"`` (the pixel probabilities).
+    :param float d_dropout: dropout probability after each hidden layer of the
+        discriminator (as in Goodfellow et al. 2014), default 0.3.
     """
 
     support = "binary"
     trainer = "adversarial"
-    # digits (1197 x 64): 4000 steps of 64, ~13 s on one CPU thread; the discriminator
-    # learns 4x faster than the generator (two time-scale rule, Heusel et al. 2017),
-    # which on digits avoided the mode collapse seen with equal rates
+    # digits (1197 x 64), measured over seeds 0-2 (FD in the classifier's features, see
+    # inference.metrics): the discriminator learns 4x faster than the generator (two
+    # time-scale rule, Heusel et al. 2017) and has dropout 0.3 (Goodfellow et al. 2014);
+    # equal rates or no dropout collapsed modes (8-9 of 10 classes, FD 14-38), these
+    # settings at 8000 steps cover all 10 classes with FD 5-8 (~30 s on one CPU thread)
     fit_defaults = dict(
-        objective="non_saturating", steps=4000, batch_size=64, lr=5e-4, lr_d=2e-3,
+        objective="non_saturating", steps=8000, batch_size=64, lr=5e-4, lr_d=2e-3,
         betas=(0.5, 0.999), d_steps=1, lr_schedule="cosine", final_lr_fraction=0.1,
     )
 
     def __init__(self, data_dim: int = 64, latent_dim: int | None = None, hidden=None,
-                 d_hidden=None, relax: str = "straight_through"):
+                 d_hidden=None, relax: str = "straight_through", d_dropout: float = 0.3):
         super().__init__()
         data_dim = _positive_int("data_dim", data_dim)
         auto_latent, auto_hidden = default_sizes(data_dim)
@@ -130,7 +136,9 @@ class GAN(ZooModel):
         self.data_dim, self.latent_dim, self.hidden, self.d_hidden = data_dim, latent_dim, hidden, d_hidden
         self.relax = relax
         self.generator = _mlp((latent_dim, *hidden, data_dim), leaky=False)
-        self.discriminator = _mlp((data_dim, *d_hidden, 1), leaky=True)
+        if not 0.0 <= d_dropout < 1.0:
+            raise ValueError(f"d_dropout must be in [0, 1), got {d_dropout!r}")
+        self.discriminator = _mlp((data_dim, *d_hidden, 1), leaky=True, dropout=d_dropout)
         self.register_buffer("prior_loc", torch.zeros(latent_dim))
         self.register_buffer("prior_scale", torch.ones(latent_dim))
 
@@ -176,7 +184,7 @@ class GAN(ZooModel):
             "a GAN defines no tractable density: its samples are x = G(z), a deterministic "
             "function of z ~ N(0, I), so p(x) is the Gaussian mass of the preimage "
             "G^{-1}(x), which has no closed form and which adversarial training never "
-            "estimates; score it on samples with inference.metrics.sample_metrics "
+            "estimates; score it on samples with inference.sample_quality "
             "(Frechet distance, kernel MMD, Parzen window, mode coverage)"
         )
 

@@ -1,4 +1,6 @@
 """The GAN: an implicit generator with no density, a discriminator, binary samples."""
+import json
+
 import pyro
 import pyro.poutine as poutine
 import pytest
@@ -103,12 +105,18 @@ def digits():
     return tuple(zoo.load("digits", s) for s in ("train", "valid", "test"))
 
 
-def test_briefly_trained_gan_beats_bernoulli_noise_on_every_metric(digits, tmp_path_factory):
+@pytest.fixture(scope="module")
+def zoo_cache(tmp_path_factory):
+    """A $ZOO_CACHE_DIR for this module: the digits classifier is trained once here."""
+    return tmp_path_factory.mktemp("zoo_cache")
+
+
+def test_briefly_trained_gan_beats_bernoulli_noise_on_every_metric(digits, zoo_cache):
     train, valid, test = digits
     pyro.set_rng_seed(0)
     model = zoo.create("gan", data_dim=64)
-    inference.fit_adversarial(model, train, steps=1500, progress=False)
-    classifier, info = load_classifier("digits", cache=tmp_path_factory.mktemp("classifiers"))
+    inference.fit_adversarial(model, train, steps=4000, progress=False)  # ~15 s on one thread
+    classifier, info = load_classifier("digits", cache=zoo_cache / "classifiers")
     pyro.set_rng_seed(1)
     samples = model.sample(2000)
     noise = torch.bernoulli(torch.full((2000, 64), 0.5))
@@ -119,3 +127,32 @@ def test_briefly_trained_gan_beats_bernoulli_noise_on_every_metric(digits, tmp_p
     for higher in ("parzen_ll", "parzen_bernoulli_ll", "classifier_score", "label_entropy"):
         assert gan[higher] > bad[higher], higher
     assert gan["classes_covered"] >= bad["classes_covered"]
+
+
+def test_zoo_train_gan_writes_a_complete_run_folder_and_resumes(tmp_path, zoo_cache, monkeypatch, capsys):
+    from experiments.cli import main
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(zoo_cache))
+    out = tmp_path / "run"
+    argv = ["train", "gan", "--data", "digits", "--steps", "40", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert {"config.json", "metrics.jsonl", "metrics.json", "checkpoint.pt", "loss.png", "samples.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["test"]["nll"] is None and "no tractable density" in final["test"]["nll_note"]
+    quality = final["sample_quality"]
+    assert quality["num_samples"] == 300 and quality["fd"] > 0 and quality["classifier_test_accuracy"] > 0.85
+    saved = inference.load_checkpoint(out / "checkpoint.pt")
+    assert saved["settings"]["trainer"] == "adversarial" and saved["step"] == 40
+    assert set(saved["optimizers"]) == {"generator", "discriminator"}
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_d", "loss_g"} <= set(history[-1])
+    assert main(argv) == 0  # complete: resumes at the end, same numbers
+    assert json.loads((out / "metrics.json").read_text())["sample_quality"] == quality
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["nll"] is None and printed["sample_quality"] == quality
+    assert main([*argv[:-3], "--objective", "minimax", "--out", str(out), "--no-progress"]) == 2
+    assert main(["train", "gan", "--steps", "5", "--early-stopping", "2", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
