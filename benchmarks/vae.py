@@ -12,9 +12,9 @@ indexing, ``objective.differentiable_loss(model.model, model.guide, ...)``, Adam
 loss read-back); the baseline is the loss written with ``torch.nn.functional``. Before
 timing, both losses are checked equal on the same draw. Cases: the classic MNIST VAE
 784-400-20 (synthetic binary data: timing does not depend on pixel values) and the zoo's
-digits VAE 64-256-8 (its defaults), batch 128, two threads.
+digits VAE 64-256-8 (its defaults), batch 128, two threads by default.
 
-    python -m benchmarks.vae [--quick]
+    python -m benchmarks.vae [--quick] [--threads N]
 """
 from __future__ import annotations
 
@@ -100,9 +100,10 @@ def vae_case(objective: str, data: torch.Tensor, *, batch_size: int = 128, **opt
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats (a smoke test)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args(argv)
     rounds, repeat = (3, 5) if args.quick else (9, 30)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     cases = [
         ("VAE 784-400-20 (batch 128)", torch.bernoulli(torch.full((10_000, 784), 0.13), generator=g),
