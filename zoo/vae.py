@@ -92,11 +92,10 @@ class VAE(ZooModel):
     """
 
     support = "binary"
-    exact_density = False  # log_prob is an importance-sampled estimate
     # digits (1197 x 64): 5500 steps, ~9 s on one CPU thread; test NLL ~16.8 nats (K=1000)
     fit_defaults = dict(objective="elbo", lr=3e-3, epochs=500, batch_size=100, num_particles=1)
     #: log_prob is a Monte Carlo estimate (exp(log_prob) sums to 1 only in expectation)
-    log_prob_is_estimate = True
+    exact_density = False
     #: K of the importance-sampled log_prob when none is given
     default_num_samples = 1000
     #: rows (data points x particles) the networks see at once in log_prob
