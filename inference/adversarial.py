@@ -134,6 +134,7 @@ def fit_adversarial(
     val_data=None,
     early_stopping: int | None = None,
     num_particles: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train a GAN (a model with ``generate``, ``discriminate``, ``generator`` and
     ``discriminator``, e.g. ``zoo.create("gan")``) on ``data`` by the adversarial game.
@@ -148,6 +149,9 @@ def fit_adversarial(
     :param seed, device, run_dir, resume, checkpoint_every, progress: as :func:`inference.fit`.
     :param val_data: accepted for a uniform call, and unused: the game has no validation
         loss to monitor; ``early_stopping`` and ``num_particles`` must be None.
+    :param on_step: called as ``on_step(steps_done)`` after every step (e.g. to keep sample
+        grids over training); it must not draw from the global random streams, or a
+        resumed run would no longer equal an uninterrupted one.
     :returns: a :class:`inference.loop.FitResult` with ``history["loss_d"]`` and
         ``history["loss_g"]`` (``losses`` is ``loss_d``).
     """
@@ -198,6 +202,8 @@ def fit_adversarial(
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        if on_step is not None:
+            on_step(step + 1)
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
 
     settings.update(

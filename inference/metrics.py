@@ -252,30 +252,40 @@ def _is_binary(t: torch.Tensor) -> bool:
     return bool(((t == 0) | (t == 1)).all())
 
 
-def _parzen_scores(samples, x, log_kernels, chunk=256):
+def _distance_histogram(samples, x, chunk=256) -> torch.Tensor | None:
+    """For binary rows: counts[j, h] = #{i : Hamming(x_j, s_i) = h}, ``(len(x), D + 1)``;
+    None unless both are binary."""
+    if not (_is_binary(samples) and _is_binary(x)):
+        return None
+    D = samples.shape[1]
+    out = []
+    for start in range(0, len(x), chunk):
+        d = _sq_dists(x[start:start + chunk], samples).round().long()  # (b, n)
+        out.append(torch.zeros(len(d), D + 1, dtype=torch.float64).scatter_add_(1, d, torch.ones(d.shape, dtype=torch.float64)))
+    return torch.cat(out)
+
+
+def _parzen_scores(samples, x, log_kernels, histogram=None, chunk=256):
     """log (1/n) sum_i k(x, s_i) for every row of x and each of K bandwidths: ``(len(x), K)``.
 
     ``log_kernels(sq_dist) -> (..., K)`` gives the log-kernel for K bandwidths. For binary
     rows the squared distance is the Hamming distance h in 0..D, so the sum over samples
-    is a sum over h of count(h) k(h), exact and independent of the number of samples.
+    is a sum over h of count(h) k(h) (``histogram``), exact and cheap.
     """
     n = len(samples)
-    binary = _is_binary(samples) and _is_binary(x)
+    if histogram is None:
+        histogram = _distance_histogram(samples, x, chunk)
+    if histogram is not None:
+        values = torch.arange(histogram.shape[1], dtype=torch.float64)
+        return torch.logsumexp(histogram.log()[..., None] + log_kernels(values), dim=1) - math.log(n)
     rows = []
     for start in range(0, len(x), chunk):
         d = _sq_dists(x[start:start + chunk], samples)  # (b, n)
-        if binary:
-            D = samples.shape[1]
-            h = d.round().long()
-            counts = torch.zeros(len(d), D + 1, dtype=torch.float64).scatter_add_(1, h, torch.ones_like(d))
-            values = torch.arange(D + 1, dtype=torch.float64)
-            rows.append(torch.logsumexp(counts.log()[..., None] + log_kernels(values), dim=1) - math.log(n))
-        else:
-            rows.append(torch.logsumexp(log_kernels(d), dim=1) - math.log(n))  # (b, K)
+        rows.append(torch.logsumexp(log_kernels(d), dim=1) - math.log(n))  # (b, K)
     return torch.cat(rows)
 
 
-def parzen_log_likelihood(samples, test, valid, *, kernel: str = "gaussian", grid=None) -> dict:
+def parzen_log_likelihood(samples, test, valid, *, kernel: str = "gaussian", grid=None, _histograms=None) -> dict:
     """Parzen-window log-likelihood of ``test`` under a kernel density on ``samples``.
 
     ``kernel="gaussian"`` (Goodfellow et al. 2014): N(x; s_i, sigma^2 I), sigma from ``grid``
@@ -298,10 +308,11 @@ def parzen_log_likelihood(samples, test, valid, *, kernel: str = "gaussian", gri
             return d[..., None] * torch.log(g) + (D - d[..., None]) * torch.log1p(-g)
     else:
         raise ValueError(f"unknown kernel {kernel!r}; choose 'gaussian' or 'bernoulli'")
+    hist_valid, hist_test = _histograms or (None, None)
     grid = default if grid is None else torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
-    valid_ll = _parzen_scores(samples, valid, lambda d: log_kernels(d, grid)).mean(0)
+    valid_ll = _parzen_scores(samples, valid, lambda d: log_kernels(d, grid), hist_valid).mean(0)
     chosen = grid[int(valid_ll.argmax())].reshape(1)
-    per_row = _parzen_scores(samples, test, lambda d: log_kernels(d, chosen))[:, 0]
+    per_row = _parzen_scores(samples, test, lambda d: log_kernels(d, chosen), hist_test)[:, 0]
     return {
         "ll": float(per_row.mean()),
         "sem": float(per_row.std() / math.sqrt(len(per_row))) if len(per_row) > 1 else 0.0,
@@ -347,8 +358,9 @@ def score_samples(samples: torch.Tensor, test, valid, *, classifier=None, parzen
         with torch.no_grad():
             out["fd"] = frechet_distance(classifier.features(samples), classifier.features(test.x))
         out.update(label_metrics(classifier, samples, test.x))
-    gauss = parzen_log_likelihood(parzen_samples, test.x, valid.x, kernel="gaussian")
-    bern = parzen_log_likelihood(parzen_samples, test.x, valid.x, kernel="bernoulli")
+    hists = (_distance_histogram(parzen_samples, valid.x), _distance_histogram(parzen_samples, test.x))
+    gauss = parzen_log_likelihood(parzen_samples, test.x, valid.x, kernel="gaussian", _histograms=hists)
+    bern = parzen_log_likelihood(parzen_samples, test.x, valid.x, kernel="bernoulli", _histograms=hists)
     out.update(
         parzen_ll=gauss["ll"], parzen_ll_sem=gauss["sem"], parzen_sigma=gauss["bandwidth"],
         parzen_bernoulli_ll=bern["ll"], parzen_epsilon=bern["bandwidth"],

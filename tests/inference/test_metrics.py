@@ -187,3 +187,18 @@ def test_sample_quality_of_a_model_and_of_models_that_cannot_sample(classifier_c
     assert "binary image data" in note
     with pytest.raises(ValueError, match="shape"):
         M.score_samples(torch.zeros(5, 3), *(zoo.load("digits", s) for s in ("test", "valid")))
+
+
+def test_parzen_histogram_shortcut_equals_the_direct_sum():
+    g = torch.Generator().manual_seed(0)
+    samples = torch.bernoulli(torch.full((500, 12), 0.3), generator=g)
+    x = torch.bernoulli(torch.full((40, 12), 0.4), generator=g)
+    grid = torch.tensor([0.1, 0.3, 1.0], dtype=torch.float64)
+
+    def log_k(d):
+        return -d[..., None] / (2 * grid**2)
+
+    shortcut = M._parzen_scores(samples, x, log_k)
+    direct = M._parzen_scores(samples.double() + 1e-12, x.double(), log_k)  # not binary: direct path
+    assert M._distance_histogram(samples.double() + 1e-12, x) is None
+    assert torch.allclose(shortcut, direct, rtol=0, atol=1e-9)
