@@ -123,7 +123,8 @@ class MADE(AutoregressiveBernoulli):
         self.hidden_sizes = check_sizes(hidden_sizes, "hidden_sizes")
         (self.num_masks,) = check_sizes(num_masks, "num_masks")
         self.order_agnostic = bool(order_agnostic)
-        g = torch.Generator().manual_seed(int(seed))
+        # a stream apart from make_ordering's, so that mask 1 does not repeat a random mask 0
+        g = torch.Generator().manual_seed(int(seed) + 1_000_003)
         first = make_ordering(ordering, n, seed)
         orderings = [first] + [
             torch.randperm(n, generator=g) if self.order_agnostic else first for _ in range(self.num_masks - 1)

@@ -108,6 +108,8 @@ def test_made_with_several_masks_trains_one_mask_per_step_and_mixes_them_exactly
     expected = components.logsumexp(0) - math.log(3)
     assert torch.allclose(model.log_prob(x), expected)
     assert len({tuple(o.tolist()) for o in model.orderings}) == 3
+    model = MADE(n, num_masks=4, ordering="random", order_agnostic=True, seed=7)
+    assert len({tuple(o.tolist()) for o in model.orderings}) == 4
 
 
 @pytest.mark.parametrize("name,options", AUTOREGRESSIVE, ids=[f"{n}-{i}" for i, (n, _) in enumerate(AUTOREGRESSIVE)])
