@@ -54,6 +54,7 @@ CONFIG = dict(
         {"name": "made", "label": "made-8-orderings", "options": {"num_masks": 8, "order_agnostic": True}, "fit": {"epochs": 400}},
         "mixture",
         "vae",
+        "gan",  # no likelihood: trained by fit_adversarial, scored on the sample columns only
         "full_joint",
     ],
     options={},  # label -> constructor options (merged over the entry's)
@@ -66,13 +67,16 @@ CONFIG = dict(
     seed=0,
     device="cpu",
     progress=False,
+    sample_metrics=True,  # FD, MMD, Parzen, classes covered of every model (inference.sample_quality)
+    parzen_samples=10_000,
 )
 
 TINY = dict(
     steps=3,
     num_samples=4,
-    options={"nade": {"hidden_size": 8}, "made": {"hidden_sizes": [8]}, "made-8-orderings": {"hidden_sizes": [8]}, "mixture": {"num_components": 3}},
+    options={"nade": {"hidden_size": 8}, "made": {"hidden_sizes": [8]}, "made-8-orderings": {"hidden_sizes": [8]}, "mixture": {"num_components": 3}, "gan": {"hidden": [8], "latent_dim": 2}},
     eval_options={"vae": {"num_samples": 4}},
+    parzen_samples=200,
 )
 
 #: Published test NLLs (nats) on binarized MNIST, for the leaderboard's reference column.
@@ -102,6 +106,8 @@ COLUMNS = [
     ("published", "published NLL"),
     ("note", "note"),
 ]
+#: sample-quality columns (inference.metrics: lower fd/mmd2, higher parzen/classes is better)
+SAMPLE_COLUMNS = ("fd", "mmd2", "parzen_ll", "parzen_bernoulli_ll", "classes_covered")
 HIDDEN = {"name", "options", "fit", "eval_options", "num_examples", "nll_note", "train_nll", "final_loss"}
 
 
@@ -144,13 +150,20 @@ def train_and_score(entry: dict, train, test, config: dict, workdir: Path) -> di
     except ValueError as e:  # e.g. the full joint over 64 pixels
         return {**row, "note": f"not run: {e}"}
     row["num_parameters"] = model.num_parameters()
-    result = inference.fit(model, train, seed=config["seed"], device=config["device"], progress=config["progress"], **entry["fit"])
+    fit = inference.fit_adversarial if getattr(cls, "trainer", "svi") == "adversarial" else inference.fit
+    result = fit(model, train, seed=config["seed"], device=config["device"], progress=config["progress"], **entry["fit"])
     row.update(train_seconds=round(result.seconds, 2), steps=result.steps, final_loss=result.losses[-1])
     pyro.set_rng_seed(config["seed"] + 1)
     metrics = inference.evaluate(model, test, **entry["eval_options"])
     row.update({k: v for k, v in metrics.items() if k not in row})
     if metrics.get("nll_note"):
         row["note"] = metrics["nll_note"]
+    if config.get("sample_metrics", True):
+        quality = inference.sample_quality(
+            model, config["data"], root=config["data_dir"], binarize=config["binarize"], seed=config["seed"],
+            parzen_samples=config.get("parzen_samples", 10_000),
+        )
+        row.update({k: quality[k] for k in SAMPLE_COLUMNS if k in quality})
     plots.loss_curve(result.history, workdir / f"loss_{label}.png", title=f"{label} on {config['data']}")
     if train.image_shape is not None:
         pyro.set_rng_seed(config["seed"] + 2)
