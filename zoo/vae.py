@@ -11,7 +11,8 @@ where the decoder f is an MLP ``L -> hidden[::-1] -> D``. The marginal
 
 has no closed form. The guide (variational posterior) is amortised:
 q(z_n | x_n) = N(mu(x_n), diag sigma(x_n)^2), with the encoder MLP ``D -> hidden -> 2L``
-giving mu and sigma = softplus(. + log(e - 1)) + 1e-4 (about 1 at initialisation).
+giving mu and sigma = softplus(. + log(e - 1)) + 1e-4. The encoder's last layer starts at
+zero, so q(z | x) starts at the prior for every x.
 
 Parameters of the distribution over x: only the decoder's weights and biases (the
 encoder is a variational parameter, not a parameter of p(x)). With decoder layer widths
@@ -107,6 +108,12 @@ class VAE(ZooModel):
         self.data_dim, self.latent_dim, self.hidden = data_dim, latent_dim, hidden
         self.encoder = mlp((data_dim, *hidden, 2 * latent_dim), activation)
         self.decoder = mlp((latent_dim, *hidden[::-1], data_dim), activation)
+        # the encoder's last layer starts at zero, so q(z | x) starts at the prior N(0, I)
+        # for every x: the KL term starts at 0 and the first importance weights
+        # p(z) p(x | z) / q(z | x) = p(x | z) are bounded (a q narrower than the prior makes
+        # them heavy-tailed); the layer still gets gradients, as its inputs are not zero
+        nn.init.zeros_(self.encoder[-1].weight)
+        nn.init.zeros_(self.encoder[-1].bias)
         self.register_buffer("prior_loc", torch.zeros(latent_dim))
         self.register_buffer("prior_scale", torch.ones(latent_dim))
         self.last_num_samples: int | None = None
@@ -115,9 +122,7 @@ class VAE(ZooModel):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q(z | x), each ``(..., L)``."""
         loc, raw = self.encoder(x).chunk(2, dim=-1)
-        # softplus(raw + log(e - 1)) = 1 at raw = 0: q starts near the prior's width, so
-        # early importance weights p(z)/q(z) are not heavy-tailed (a q narrower than
-        # sqrt(1/2) of the prior gives weights of infinite variance)
+        # softplus(raw + log(e - 1)) = 1 at raw = 0: q starts at the prior's width
         return loc, F.softplus(raw + _SOFTPLUS_INV_1) + 1e-4
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,13 @@ def trained():
     return model
 
 
+def test_guide_starts_at_the_prior():
+    model = zoo.create("vae", data_dim=D)
+    loc, scale = model.encode(toy_data(5, 0))
+    assert torch.equal(loc, torch.zeros(5, 8))
+    assert torch.allclose(scale, torch.ones(5, 8), atol=2e-4)
+
+
 def test_registered_and_contract_sizes():
     model = zoo.create("vae", data_dim=4)
     assert isinstance(model, zoo.ZooModel) and model.support == "binary"
@@ -152,6 +159,9 @@ def test_objectives_equal_hand_computation(name):
     by num_data / batch."""
     pyro.set_rng_seed(0)
     model = zoo.create("vae", data_dim=D, latent_dim=2, hidden=(7,))
+    with torch.no_grad():  # move q(z|x) off its initial value, the prior
+        model.encoder[-1].weight.normal_(0.0, 0.5)
+        model.encoder[-1].bias.normal_(0.0, 0.5)
     x, num_data = toy_data(5, 3), 20
     k = 3 if name == "iwae" else 1
     pyro.set_rng_seed(11)
