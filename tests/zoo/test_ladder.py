@@ -16,6 +16,16 @@ import zoo
 from zoo.made import MADE
 from zoo.nade import NADE
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: a second thread only adds synchronisation (and on a loaded
+    machine, spinning threads make small ops ~50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # (registered name, options); n is filled in per test
 VARIANTS = [
     ("independent", {}),
