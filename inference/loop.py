@@ -340,6 +340,8 @@ def train_loop(
                 done = step + 1
                 bar.update(1)
                 if done == warm:
+                    if data.device.type == "cuda":  # time from when the warm-up steps have run
+                        torch.cuda.synchronize(data.device)
                     t_warm = time.perf_counter()
                 end_of_epoch = done % log_every == 0 or done == total_steps
                 save_due = ckpt_path is not None and (

@@ -22,7 +22,7 @@ from inference import distributed as ddp
 from inference.loop import FitResult, train_loop
 from inference.objectives import Traced, make_objective
 
-__all__ = ["COMPILE_MODES", "DEFAULTS", "fit", "as_tensor"]
+__all__ = ["COMPILE_MODES", "DEFAULTS", "as_tensor", "fit", "prepare"]
 
 #: values of ``fit(compile=...)``
 COMPILE_MODES = ("auto", "jit", "none")
@@ -126,6 +126,45 @@ def fit(
     :returns: a :class:`inference.loop.FitResult`.
     :raises zoo.DataError: data of the wrong shape or type, or non-binary for a Bernoulli
         likelihood. :raises inference.DivergenceError: the loss became NaN or infinite.
+    """
+    run = prepare(**locals())
+    with pyro.validation_enabled(run.pop("validate")):
+        return train_loop(**run)
+
+
+def prepare(
+    model,
+    data,
+    *,
+    objective: str | None = None,
+    guide=None,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    lr_schedule: str | None = None,
+    final_lr_fraction: float | None = None,
+    num_particles: int | None = None,
+    clip_norm: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    run_dir=None,
+    val_data=None,
+    early_stopping: int | None = None,
+    resume: bool = True,
+    checkpoint_every: int | None = None,
+    progress: bool = True,
+    validate: bool = False,
+    compile: str | None = None,
+    distributed: bool | None = None,
+) -> dict:
+    """What :func:`fit` runs: the keyword arguments of :func:`inference.loop.train_loop`.
+
+    Takes :func:`fit`'s arguments; builds the objective (traced or not), the optimiser
+    and the step function, moves model and data to the device, and returns
+    ``train_loop``'s arguments plus ``validate``. ``fit`` is
+    ``train_loop(**prepare(...))`` under ``pyro.validation_enabled(validate)``; the
+    benchmarks call ``train_loop`` on it repeatedly to time exactly what ``fit`` does.
     """
     settings = resolve_settings(
         model,
@@ -234,28 +273,28 @@ def fit(
         early_stopping=early_stopping,
         compile="jit" if traced or isinstance(elbo, Traced) else "none",
     )
-    with pyro.validation_enabled(validate):
-        return train_loop(
-            step_fn=step_fn,
-            data=x,
-            modules=modules,
-            optimizers={"adam": optimizer},
-            settings=settings,
-            total_steps=total,
-            batch_size=batch_size,
-            seed=seed,
-            lr=settings["lr"],
-            lr_schedule=settings["lr_schedule"],
-            final_lr_fraction=settings["final_lr_fraction"],
-            val_fn=val_fn,
-            early_stopping=early_stopping,
-            run_dir=run_dir,
-            resume=resume,
-            checkpoint_every=checkpoint_every,
-            progress=progress,
-            desc=f"{getattr(model, 'registered_name', type(model).__name__)} [{settings['objective']}]",
-            distributed=distributed,
-        )
+    return dict(
+        validate=validate,
+        step_fn=step_fn,
+        data=x,
+        modules=modules,
+        optimizers={"adam": optimizer},
+        settings=settings,
+        total_steps=total,
+        batch_size=batch_size,
+        seed=seed,
+        lr=settings["lr"],
+        lr_schedule=settings["lr_schedule"],
+        final_lr_fraction=settings["final_lr_fraction"],
+        val_fn=val_fn,
+        early_stopping=early_stopping,
+        run_dir=run_dir,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+        desc=f"{getattr(model, 'registered_name', type(model).__name__)} [{settings['objective']}]",
+        distributed=distributed,
+    )
 
 
 def _device(device) -> torch.device:
