@@ -99,8 +99,12 @@ class VAE(ZooModel):
     exact_density = False
     #: K of the importance-sampled log_prob when none is given
     default_num_samples = 1000
-    #: rows (data points x particles) the networks see at once in log_prob
-    max_rows = 2**15
+    #: log_prob evaluates (data points x particles) in chunks of at most this many values
+    #: of the widest layer (2^21 floats, 8 MiB per activation): small chunks stay in cache
+    #: and bound memory whatever K is (784-400-20: 2675 rows per chunk)
+    max_elements = 2**21
+    #: or an explicit number of rows per chunk (None: from max_elements)
+    max_rows: int | None = None
 
     def __init__(self, data_dim: int = 64, latent_dim: int = 8, hidden=(256,), activation: str = "relu"):
         super().__init__()
@@ -181,8 +185,9 @@ class VAE(ZooModel):
 
         ``log (1/K) sum_k p(x, z_k) / q(z_k | x)`` with K = ``num_samples`` draws z_k from
         the guide (default :attr:`default_num_samples` = 1000). Particles are vectorised in
-        chunks of at most :attr:`max_rows` (data points x particles) rows, so memory is
-        bounded whatever K is. A stochastic lower bound in expectation (the IWAE bound),
+        chunks of (data points x particles) rows whose activations hold at most
+        :attr:`max_elements` values (or :attr:`max_rows` rows), so memory is bounded
+        whatever K is. A stochastic lower bound in expectation (the IWAE bound),
         consistent as K grows.
         """
         self.check_data(x)
@@ -192,9 +197,10 @@ class VAE(ZooModel):
         K = int(K)
         self.last_num_samples = K
         out = []
-        rows = max(self.max_rows // max(K, 1), 1)
+        max_rows = self._rows_per_chunk()
+        rows = max(max_rows // K, 1)
         for xb in x.split(rows) if len(x) else [x]:
-            per_chunk = max(self.max_rows // max(len(xb), 1), 1)
+            per_chunk = max(max_rows // max(len(xb), 1), 1)
             chunks = [self.log_weights(xb, min(per_chunk, K - start)) for start in range(0, K, per_chunk)]
             out.append(torch.logsumexp(torch.cat(chunks, 0), 0) - math.log(K))
         return torch.cat(out)
@@ -203,8 +209,13 @@ class VAE(ZooModel):
     def elbo(self, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
         """Monte Carlo ELBO E_q[log p(x, z) - log q(z | x)] per row, shape ``(batch,)``."""
         self.check_data(x)
-        rows = max(self.max_rows // num_samples, 1)
+        rows = max(self._rows_per_chunk() // num_samples, 1)
         return torch.cat([self.log_weights(xb, num_samples).mean(0) for xb in x.split(rows)])
+
+    def _rows_per_chunk(self) -> int:
+        if self.max_rows is not None:
+            return int(self.max_rows)
+        return max(self.max_elements // max(self.data_dim, 2 * self.latent_dim, *self.hidden), 1)
 
     def evaluation_metrics(self, x: torch.Tensor) -> dict:
         """The ELBO (nats per example, a lower bound on log p(x); 100 draws per example)."""
