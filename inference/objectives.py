@@ -158,16 +158,94 @@ class _LossModule(torch.nn.Module):
                 loss = loss + objective._differentiable_loss_particle(model_trace, guide_trace)[1] / objective.num_particles
             return loss
         loss = surrogate = 0.0
+        exact_value = False
         for model_trace, guide_trace in objective._get_traces(self.model_fn, self.guide_fn, (x,), kwargs):
             _, surrogate_particle = objective._differentiable_loss_particle(model_trace, guide_trace)
             surrogate = surrogate + surrogate_particle / objective.num_particles
+            terms = [
+                (sign, site)
+                for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0))
+                for site in trace.nodes.values()
+                if site["type"] == "sample"
+            ]
+            score = any(not is_identically_zero(s["score_parts"].score_function) for t, s in terms if t < 0)
+            # one log-density term and no score function: the surrogate is the loss, bit for bit
+            exact_value = exact_value or score or len(terms) > 1
             elbo = 0.0
-            for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-                for site in trace.nodes.values():
-                    if site["type"] == "sample":
-                        elbo = elbo + sign * torch.as_tensor(site["log_prob_sum"]).double()
+            for sign, site in terms:  # detached: the value needs no autograd graph
+                lp = torch.as_tensor(site["log_prob_sum"]).detach().double()
+                elbo = elbo + lp if sign > 0 else elbo - lp
             loss = loss + (-elbo) / objective.num_particles
-        return surrogate + (torch.as_tensor(loss).to(surrogate.dtype) - surrogate).detach()
+        if not exact_value:
+            return surrogate
+        return surrogate + (torch.as_tensor(loss).to(surrogate.dtype) - surrogate.detach())
+
+
+def _constant(value, equal_to) -> bool:
+    """Whether graph value ``value`` is a constant number (or 0-dim tensor) equal to ``equal_to``."""
+    if value.node().kind() != "prim::Constant":
+        return False
+    try:
+        c = value.toIValue()
+    except RuntimeError:
+        return False
+    if isinstance(c, torch.Tensor):
+        return c.dim() == 0 and bool(c == equal_to)
+    return isinstance(c, (int, float)) and not isinstance(c, bool) and c == equal_to
+
+
+def _same_type(a, b) -> bool:
+    """Whether two graph values are tensors of one recorded dtype, device and shape."""
+    ta, tb = a.type(), b.type()
+    if not (isinstance(ta, torch._C.TensorType) and isinstance(tb, torch._C.TensorType)):
+        return False
+    return (ta.sizes() is not None and ta.sizes() == tb.sizes() and ta.dtype() is not None
+            and ta.dtype() == tb.dtype() and ta.device() == tb.device())
+
+
+_VIEWS = ("aten::reshape", "aten::expand", "aten::slice", "aten::view", "aten::contiguous", "aten::to")
+
+
+def simplify_graph(graph) -> None:
+    """Remove the trace's no-op operations, keeping every result bit for bit.
+
+    A Pyro program traced at one batch shape carries bookkeeping that is constant at that
+    shape (the plate's subsample indices and scale) and operations that do nothing
+    there: ``x + 0``, ``x * 1``, ``x / 1``, a reshape, expand, slice or cast to the
+    shape and type ``x`` has, a broadcast of tensors of one shape. Folding the first and
+    dropping the others leaves the same values and the same gradients (those operations'
+    backward passes are exact identities too) for a fraction of the per-step cost of a
+    small model. Sizes come from the types the trace recorded for the example input, so
+    the graph is valid for that shape only (:class:`Traced` keys graphs by shape).
+    """
+    torch._C._jit_pass_peephole(graph, False)  # x.size(d) -> constant, at the traced shape
+    torch._C._jit_pass_constant_propagation(graph)
+    for node in list(graph.nodes()):
+        kind, ins, outs = node.kind(), list(node.inputs()), list(node.outputs())
+        if kind == "aten::broadcast_tensors":
+            (listed,) = ins
+            uses = [u.user for u in outs[0].uses()]
+            if (listed.node().kind() == "prim::ListConstruct" and len(uses) == 1
+                    and uses[0].kind() == "prim::ListUnpack"):
+                parts, unpacked = list(listed.node().inputs()), list(uses[0].outputs())
+                if len(parts) == len(unpacked) and all(_same_type(a, b) for a, b in zip(parts, unpacked)):
+                    for a, b in zip(parts, unpacked):
+                        b.replaceAllUsesWith(a)
+            continue
+        if len(outs) != 1:
+            continue
+        source = None
+        if kind in ("aten::add", "aten::sub") and len(ins) == 3 and _constant(ins[1], 0) and _constant(ins[2], 1):
+            source = ins[0]
+        elif kind in ("aten::mul", "aten::div") and len(ins) == 2 and _constant(ins[1], 1):
+            source = ins[0]
+        elif kind in _VIEWS and len(ins) >= 2:
+            source = ins[0]
+        if source is not None and _same_type(source, outs[0]):
+            outs[0].replaceAllUsesWith(source)
+    # (no common-subexpression elimination: merging two equal computations changes the
+    # order in which their gradients are summed, so the gradients would differ in the last bit)
+    torch._C._jit_pass_dce(graph)
 
 
 def _identity(fn):
@@ -193,7 +271,10 @@ class Traced(ELBO):
         self.num_particles = objective.num_particles
         self.max_plate_nesting = objective.max_plate_nesting
         self.compiled: dict = {}
+        #: run TorchScript's graph optimiser (fusions; not bit-identical to eager autograd)
         self.optimize = False
+        #: drop the trace's no-op operations (bit-identical; see :func:`simplify_graph`)
+        self.simplify = True
 
     def differentiable_loss(self, model, guide, x, num_data=None):
         key = (_identity(model), _identity(guide), tuple(x.shape), x.dtype, x.device, num_data)
@@ -206,9 +287,18 @@ class Traced(ELBO):
             with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 fn = torch.jit.trace(module, (x,), check_trace=False)
+                if self.simplify:
+                    try:
+                        simplify_graph(fn.graph)
+                    except (RuntimeError, AttributeError, TypeError):  # an internal API changed:
+                        fn = torch.jit.trace(module, (x,), check_trace=False)  # the plain trace
             self.compiled[key] = fn
-        with torch.jit.optimized_execution(self.optimize):
-            return fn(x)
+        previous = torch._C._get_graph_executor_optimize()
+        torch._C._set_graph_executor_optimize(self.optimize)  # torch.jit.optimized_execution, inlined
+        try:
+            return fn.forward(x)
+        finally:
+            torch._C._set_graph_executor_optimize(previous)
 
     def loss(self, model, guide, *args, **kwargs):
         with torch.no_grad():
