@@ -233,8 +233,13 @@ def likelihood_models() -> list[str]:
     return names
 
 
-def step_case(name, data, options, *, rounds, steps, device, peak_gflops):
-    """One model at one size: engine (fast and plain) vs hand-written, interleaved."""
+def step_case(name, data, options, *, rounds, round_seconds, case_seconds, device, peak_gflops):
+    """One model at one size: engine (fast and plain) vs hand-written, interleaved.
+
+    Each contestant runs ``steps`` steps per round, ``steps`` chosen from a first,
+    untimed round so that a round lasts about ``round_seconds``; slow cases get fewer
+    rounds (at least one) so that the case takes about ``case_seconds``.
+    """
     pyro.set_rng_seed(0)
     try:
         model = zoo.create(name, data_dim=data.shape[1], **options)
@@ -247,7 +252,7 @@ def step_case(name, data, options, *, rounds, steps, device, peak_gflops):
     for mode in ("auto", "none"):
         m = zoo.create(name, data_dim=data.shape[1], **options)
         m.load_state_dict(init)
-        runs[mode] = (m, prepare(m, data, steps=steps, batch_size=BATCH, lr=LR, progress=False,
+        runs[mode] = (m, prepare(m, data, steps=50, batch_size=BATCH, lr=LR, progress=False,
                                  device=device, compile=mode))
     fast_mode = runs["auto"][1]["settings"]["compile"]
     hand_model = zoo.create(name, data_dim=data.shape[1], **options).to(device)
@@ -263,39 +268,46 @@ def step_case(name, data, options, *, rounds, steps, device, peak_gflops):
                                    max_plate_nesting=hand_model.max_plate_nesting)
         batch = x[:BATCH]
         torch.manual_seed(1)
-        with torch.no_grad():
-            a = objective.differentiable_loss(hand_model.model, hand_model.guide, batch, num_data=n)
-            torch.manual_seed(1)
-            b = hand(batch)
+        a = objective.differentiable_loss(hand_model.model, hand_model.guide, batch, num_data=n).detach()
+        torch.manual_seed(1)
+        b = hand(batch).detach()
         check = float((a - b).abs() / b.abs())
         if check > 1e-4:
             raise AssertionError(f"{name}: hand-written loss {float(b)} != engine loss {float(a)}")
 
     def engine(mode):
-        def go():
+        def go(steps):
             _, run = runs[mode]
             with pyro.validation_enabled(False):
-                train_loop(**{k: v for k, v in run.items() if k != "validate"})
+                train_loop(**{k: v for k, v in run.items() if k != "validate"} | {"total_steps": steps})
         return go
 
     contestants = {"engine": engine("auto"), "plain": engine("none")}
     if hand is not None:
-        contestants["hand"] = lambda: hand_train(hand, list(hand_model.parameters()), x, steps)
+        contestants["hand"] = lambda steps: hand_train(hand, list(hand_model.parameters()), x, steps)
+
+    def timed(fn, steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn(steps)
+        _sync(device)
+        return (time.perf_counter() - t0) / steps
+
+    # a first round of one step each (tracing, first allocations): not counted, but its
+    # fastest contestant gives an upper bound on the step time
+    estimate = min(timed(fn, 1) for fn in contestants.values())
+    steps = max(1, min(50, round(round_seconds / estimate)))
+    rounds = max(1, min(rounds, int(case_seconds / (len(contestants) * steps * estimate))))
     times = {k: [] for k in contestants}
-    for r in range(rounds + 1):  # round 0 warms up (tracing, allocator) and is not timed
+    for _ in range(rounds):
         for k, fn in contestants.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            if r:
-                times[k].append((time.perf_counter() - t0) / steps)
+            times[k].append(timed(fn, steps))
     t = {k: statistics.median(v) for k, v in times.items()}
     memory = {}
     for k in ("engine", "hand"):  # apart from the timings: the CPU measurement slows steps down
         if k in contestants:
             with PeakMemory(device) as mem:
-                contestants[k]()
+                contestants[k](min(steps, 3))
             memory[k] = mem.mb
 
     # matmul FLOPs of one step, forward and backward
@@ -321,6 +333,7 @@ def step_case(name, data, options, *, rounds, steps, device, peak_gflops):
         "GFLOP/step": flops / 1e9,
         "% matmul peak": 100 * flops / t["engine"] / 1e9 / peak_gflops if flops else None,
         "loss check (rel. diff)": check,
+        "rounds x steps": f"{rounds} x {steps}",
         "num_parameters": sum(p.numel() for p in hand_model.parameters()),
     }
     return row
@@ -332,7 +345,7 @@ def nll_case(*, num_points, num_samples, rounds, device):
     model = zoo.create("vae", data_dim=784, **SIZES_784["vae"]).to(device)
     g = torch.Generator().manual_seed(2)
     x = torch.bernoulli(torch.full((num_points, 784), 0.13), generator=g).to(device)
-    max_rows = model.max_rows
+    max_rows = model._rows_per_chunk() if hasattr(model, "_rows_per_chunk") else model.max_rows
 
     @torch.no_grad()
     def hand():
@@ -380,8 +393,9 @@ def nll_case(*, num_points, num_samples, rounds, device):
     }
 
 
-def scaling_case(name, options, sizes, *, device):
-    """Seconds per epoch and training memory of ``fit`` against the number of images."""
+def scaling_case(name, options, sizes, *, device, repeats=3):
+    """Seconds per epoch (median of ``repeats`` epochs) and training memory of ``fit``
+    against the number of images."""
     rows = []
     g = torch.Generator().manual_seed(3)
     for n in sizes:
@@ -392,11 +406,14 @@ def scaling_case(name, options, sizes, *, device):
         run.pop("validate")
         with pyro.validation_enabled(False):
             train_loop(**{**run, "total_steps": 3})  # warm-up: tracing, first allocations
-            _sync(device)
-            t0 = time.perf_counter()
-            result = train_loop(**run)
-            _sync(device)
-            seconds = time.perf_counter() - t0
+            epochs = []
+            for _ in range(repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                result = train_loop(**run)
+                _sync(device)
+                epochs.append(time.perf_counter() - t0)
+            seconds = statistics.median(epochs)
             with PeakMemory(device) as mem:  # the first steps of an epoch, apart from the timing
                 train_loop(**{**run, "total_steps": min(20, run["total_steps"])})
         rows.append({
@@ -464,7 +481,7 @@ def run(*, quick=False, out="runs/benchmarks", device="cpu", models=None, thread
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    rounds, steps = (3, 8) if quick else (9, 25)
+    rounds, round_seconds, case_seconds = (3, 0.1, 2.0) if quick else (11, 0.5, 30.0)
     peak = matmul_peak_gflops(device, n=1024 if quick else 2048)
     names = [m for m in likelihood_models() if models is None or m in models]
     g = torch.Generator().manual_seed(0)
@@ -474,7 +491,8 @@ def run(*, quick=False, out="runs/benchmarks", device="cpu", models=None, thread
     for size, data in (("784-dim, batch 128", images), ("64-dim digits, batch 128", digits)):
         for name in names:
             options = SIZES_784.get(name, {}) if data.shape[1] == 784 else {}
-            row = step_case(name, data, options, rounds=rounds, steps=steps, device=device, peak_gflops=peak)
+            row = step_case(name, data, options, rounds=rounds, round_seconds=round_seconds,
+                            case_seconds=case_seconds, device=device, peak_gflops=peak)
             steps_rows.append({"model": name, "size": size, **row})
             print(f"  {name} ({size}): " + ", ".join(
                 f"{k} {v:.3g}" for k, v in row.items() if isinstance(v, float) and k in ("ratio", "engine ms/step")),
@@ -485,6 +503,7 @@ def run(*, quick=False, out="runs/benchmarks", device="cpu", models=None, thread
     scaling = scaling_case("independent", {}, sizes, device=device)
     if not quick:
         scaling += scaling_case("vae", SIZES_784["vae"], sizes, device=device)
+        scaling += scaling_case("made", SIZES_784["made"], sizes, device=device)
 
     machine = (f"torch {torch.__version__}, {device} "
                f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
@@ -494,20 +513,23 @@ def run(*, quick=False, out="runs/benchmarks", device="cpu", models=None, thread
         "# Benchmarks",
         "",
         f"`python -m benchmarks{' --quick' if quick else ''}{'' if device.type == 'cpu' else ' --device cuda'}`: "
-        f"{machine}; {rounds} interleaved rounds of {steps} steps, medians.",
+        f"{machine}. Contestants run in interleaved rounds (up to {rounds}; "
+        f"steps per round chosen for ~{round_seconds} s a round); medians over rounds.",
         "",
         "## Training step: engine vs hand-written PyTorch",
         "",
         "ratio = engine step / hand-written step (engine on its default path; 'plain ratio': plain Pyro).",
         "",
         table(done, ["model", "size", "objective", "fast path", "engine ms/step", "hand-written ms/step",
-                     "ratio", "plain ratio", "images/s", "engine peak MB", "hand peak MB", "% matmul peak"]),
+                     "ratio", "plain ratio", "images/s", "engine peak MB", "hand peak MB", "% matmul peak",
+                     "rounds x steps"]),
         "## Importance-sampled NLL (VAE)",
         "",
         table([nll], list(nll)),
         "## Time per epoch and training memory vs data size",
         "",
-        "Training peak memory is the rise above the memory in use before training (the data included).",
+        "One epoch of `fit` (batch 128) on n synthetic 784-pixel images (median of 3 epochs). Training peak MB: the rise of the "
+        "memory in use during the first 20 steps of an epoch above what was in use before (data and model).",
         "",
         table(scaling, list(scaling[0])),
     ]
