@@ -35,6 +35,7 @@ import torch
 import inference
 import zoo
 from experiments import plots
+from experiments.optimal_discriminator import torch_threads
 
 CONFIG = dict(
     data="digits",
@@ -47,7 +48,7 @@ CONFIG = dict(
     batch_size=100,
     num_samples=1000,  # K of the importance-sampled NLL
     num_images=16,
-    seed=0,
+    seed=0,    threads=1,  # torch threads while it runs (None: leave as is); small MLPs are fastest on one
 )
 
 TINY = dict(epochs=3, num_samples=20, num_images=6)
@@ -97,6 +98,11 @@ def latent_map(ae, vae, test, path) -> Path:
 
 
 def run(config: dict, workdir) -> dict:
+    with torch_threads(config.get("threads")):
+        return _run(config, workdir)
+
+
+def _run(config: dict, workdir) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     load = lambda split: zoo.load(config["data"], split, root=config["data_dir"], seed=config["seed"])  # noqa: E731
