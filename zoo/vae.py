@@ -93,7 +93,7 @@ class VAE(ZooModel):
     """
 
     support = "binary"
-    # digits (1197 x 64): 5500 steps, ~9 s on one CPU thread; test NLL ~16.8 nats (K=1000)
+    # digits (1197 x 64): 5500 steps, ~15 s on one CPU thread; test NLL ~16.9 nats (K=1000)
     fit_defaults = dict(objective="elbo", lr=3e-3, epochs=500, batch_size=100, num_particles=1)
     #: log_prob is a Monte Carlo estimate (exp(log_prob) sums to 1 only in expectation)
     exact_density = False
