@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
-from benchmarks.common import table
+from benchmarks.common import table as _table
 from inference.loop import Minibatches, lr_at, train_loop
 from inference.objectives import make_objective
 from inference.svi import prepare, resolve_settings
@@ -62,6 +62,11 @@ SIZES_784 = {
 }
 BATCH = 128
 LR = 1e-3
+
+
+def table(rows, columns) -> str:
+    """A Markdown table; missing values as a dash."""
+    return _table([{k: "–" if v is None else v for k, v in r.items()} for r in rows], columns)
 
 
 # ----- measurement helpers ---------------------------------------------------------

@@ -361,7 +361,7 @@ def train_loop(
                     if val_fn is not None:
                         val = float(val_fn())
                         if ctx:  # the same value (and so the same early stopping) on every rank
-                            val = float(ddp.all_mean(torch.tensor([val], dtype=torch.float64)))
+                            val = float(ddp.all_mean(torch.tensor([val], dtype=torch.float64, device=data.device)))
                         val_losses.append((done, val))
                         record["val_loss"] = val
                         if val < best["val"]:
