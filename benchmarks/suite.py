@@ -178,6 +178,18 @@ def hand_loss_fn(name: str, model, num_data: int):
             return hand_loss(model, batch, num_data, eps, analytic_kl=False)
 
         return vae
+    if name == "bernoulli":  # Beta-Bernoulli: K reparameterised draws of p from the Beta guide
+        K = resolve_settings(model)["num_particles"]
+
+        def bernoulli(batch):
+            q = torch.distributions.Beta(model.alpha, model.beta)
+            p = q.rsample((K,))  # (K, n), as Pyro's vectorised particles draw them
+            prior = torch.distributions.Beta(model.prior_a, model.prior_b)
+            log_lik = torch.distributions.Bernoulli(probs=p.unsqueeze(-2)).log_prob(batch).sum((-1, -2))
+            elbo = (num_data / batch.shape[0]) * log_lik + prior.log_prob(p).sum(-1) - q.log_prob(p).sum(-1)
+            return -elbo.mean()
+
+        return bernoulli
     if name == "nade":
         from benchmarks.autoregressive import hand_nade_loss
 
@@ -277,8 +289,9 @@ def step_case(name, data, options, *, rounds, round_seconds, case_seconds, devic
         torch.manual_seed(1)
         b = hand(batch).detach()
         check = float((a - b).abs() / b.abs())
-        if check > 1e-4:
-            raise AssertionError(f"{name}: hand-written loss {float(b)} != engine loss {float(a)}")
+        if not check <= 1e-4:  # not the same objective: no ratio, and the table says why
+            print(f"  {name}: hand-written loss {float(b)} != engine loss {float(a)}; no baseline")
+            hand = None
 
     def engine(mode):
         def go(steps):
