@@ -192,3 +192,7 @@ def _print_metrics(metrics: dict):
 
 
 _COMMANDS = {"list": _list, "train": _train, "evaluate": _evaluate, "sample": _sample, "experiment": _experiment, "compare": _compare}
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node=N -m experiments.cli train ...
+    sys.exit(main())

@@ -24,6 +24,7 @@ import torch
 import inference
 import zoo
 from experiments import plots
+from inference.distributed import is_main_process
 from inference.loop import CHECKPOINT
 
 __all__ = ["CONFIG", "load_run", "sample_figure", "train_and_evaluate"]
@@ -94,8 +95,10 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
                 f"{workdir} holds a run with another configuration; choose another --out "
                 "or delete the folder"
             )
-    workdir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(config, indent=2) + "\n")
+    main_process = is_main_process()  # under torchrun, rank 0 alone writes the run folder
+    if main_process:
+        workdir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(config, indent=2) + "\n")
 
     model = build_model(config)
     train, valid, test = (_load(config, s) for s in ("train", "valid", "test"))
@@ -115,6 +118,8 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
         **fit_kwargs,
     )
     seconds = time.perf_counter() - start
+    if not main_process:
+        return {"model": config["model"], "data": config["data"], "steps": result.steps}
     metrics = {
         "model": config["model"],
         "data": config["data"],

@@ -166,6 +166,11 @@ def prepare(
     ``train_loop(**prepare(...))`` under ``pyro.validation_enabled(validate)``; the
     benchmarks call ``train_loop`` on it repeatedly to time exactly what ``fit`` does.
     """
+    if getattr(model, "trainer", "svi") != "svi":
+        raise ValueError(
+            f"{type(model).__name__} is trained by inference.fit_{model.trainer}, not by SVI "
+            "(it defines no likelihood to bound)"
+        )
     settings = resolve_settings(
         model,
         objective=objective,

@@ -252,3 +252,8 @@ def test_fits_do_not_share_parameters_through_the_param_store():
     assert all(torch.equal(before[k], v) for k, v in params(a).items())
     assert not torch.allclose(a.point_estimate()["p"], b.point_estimate()["p"])
     assert len(pyro.get_param_store()) == 0
+
+
+def test_svi_refuses_a_model_with_another_trainer():
+    with pytest.raises(ValueError, match="fit_adversarial"):
+        inference.fit(zoo.create("gan", data_dim=4), binary_data(d=4), steps=1, progress=False)
