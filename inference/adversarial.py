@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from inference.loop import FitResult, train_loop
 from inference.svi import _device, as_tensor
+from inference.svi import resolve_settings as svi_resolve_settings
 
 __all__ = [
     "ADVERSARIAL_DEFAULTS",
@@ -85,18 +86,7 @@ def generator_loss(fake_logits: torch.Tensor, kind: str = "non_saturating") -> t
 
 def resolve_settings(model, **given) -> dict:
     """The caller's settings over the model's ``fit_defaults`` over :data:`ADVERSARIAL_DEFAULTS`."""
-    settings = dict(ADVERSARIAL_DEFAULTS)
-    model_defaults = dict(getattr(model, "fit_defaults", {}))
-    if given.get("steps") is not None or given.get("epochs") is not None:
-        model_defaults.pop("steps", None)
-        model_defaults.pop("epochs", None)
-        settings["epochs"] = None
-    if model_defaults.get("steps") is not None:
-        settings["epochs"] = None
-    settings.update(model_defaults)
-    settings.update({k: v for k, v in given.items() if v is not None})
-    if settings.get("steps") is not None and settings.get("epochs") is not None:
-        raise ValueError("give steps or epochs, not both")
+    settings = svi_resolve_settings(model, defaults=ADVERSARIAL_DEFAULTS, **given)
     if settings["objective"] not in GENERATOR_LOSSES:
         raise ValueError(
             f"unknown adversarial objective {settings['objective']!r}; "

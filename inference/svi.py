@@ -47,9 +47,11 @@ def as_tensor(data) -> torch.Tensor:
     return data.x if hasattr(data, "x") and not isinstance(data, torch.Tensor) else data
 
 
-def resolve_settings(model, **given) -> dict:
-    """Merge the caller's settings over the model's ``fit_defaults`` over :data:`DEFAULTS`."""
-    settings = dict(DEFAULTS)
+def resolve_settings(model, *, defaults: dict | None = None, **given) -> dict:
+    """Merge the caller's settings over the model's ``fit_defaults`` over ``defaults``
+    (:data:`DEFAULTS` unless given). Steps and epochs count as one setting: giving either
+    replaces both defaults."""
+    settings = dict(DEFAULTS if defaults is None else defaults)
     model_defaults = dict(getattr(model, "fit_defaults", {}))
     if given.get("steps") is not None or given.get("epochs") is not None:
         model_defaults.pop("steps", None)
