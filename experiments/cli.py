@@ -82,7 +82,7 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     x = sub.add_parser("experiment", help="run an experiment (python -m experiments NAME)")
     x.add_argument("name")
     x.add_argument("--out", help="output folder (default runs/NAME)")
-    x.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config entries")
+    x.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="override config entries")
     x.add_argument("--tiny", action="store_true", help="apply the experiment's TINY settings")
 
     c = sub.add_parser("compare", help="compare run folders: one table, figures and an HTML/Markdown report")

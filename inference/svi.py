@@ -260,9 +260,10 @@ def prepare(
         )
 
         def val_fn():
+            # ELBO.loss: no graph (TraceEnum_ELBO refuses differentiable_loss under no_grad)
             with torch.no_grad():
                 total_loss = sum(
-                    val_elbo.differentiable_loss(model.model, guide, chunk, num_data=len(chunk)).detach()
+                    float(val_elbo.loss(model.model, guide, chunk, num_data=len(chunk)))
                     for chunk in xv.split(1000)
                 )
             total_loss = torch.as_tensor(total_loss, dtype=torch.float64).reshape(1)

@@ -257,3 +257,11 @@ def test_fits_do_not_share_parameters_through_the_param_store():
 def test_svi_refuses_a_model_with_another_trainer():
     with pytest.raises(ValueError, match="fit_adversarial"):
         inference.fit(zoo.create("gan", data_dim=4), binary_data(d=4), steps=1, progress=False)
+
+
+def test_validation_loss_for_an_enumerated_model():
+    """TraceEnum_ELBO refuses differentiable_loss under no_grad; validation must still work."""
+    x = binary_data(d=4)
+    model = zoo.create("mixture", data_dim=4)
+    result = inference.fit(model, x, val_data=binary_data(d=4, seed=1), steps=20, batch_size=50, progress=False)
+    assert result.val_losses and all(math.isfinite(v) for _, v in result.val_losses)
