@@ -29,6 +29,7 @@ largest, MADE 784-500-784, has 0.8 M parameters: 3 MB per all-reduce).
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -120,7 +121,16 @@ def context(device: str | torch.device = "cpu", *, required: bool | None = None)
 
 
 def _destroy():
+    """Leave the process group together: a rank tearing gloo down while its peer is still
+    talking to it can abort ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+            else:
+                dist.barrier()
+        except Exception:  # a peer already gone: nothing to wait for
+            pass
         dist.destroy_process_group()
 
 
