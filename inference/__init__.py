@@ -14,7 +14,7 @@ from inference.compare import compare_models, compare_runs
 from inference.diagnostics import diagnose, posterior_distances, psis_khat, to_inference_data
 from inference.evaluation import evaluate, exact_posterior, posterior
 from inference.loop import DivergenceError, FitResult, train_loop
-from inference.mcmc import ConvergenceWarning, convergence, mcmc
+from inference.mcmc import ConvergenceWarning, MCMCResult, convergence, mcmc
 from inference.metrics import sample_quality
 from inference.objectives import OBJECTIVES, make_objective
 from inference.sbc import SBCResult, sbc, sbc_exact, sbc_fitted_guide
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULTS",
     "DivergenceError",
     "FitResult",
+    "MCMCResult",
     "OBJECTIVES",
     "SBCResult",
     "compare_models",

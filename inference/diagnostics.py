@@ -445,18 +445,23 @@ def _discrete_draws(prog, st, grouped, num_draws, num_chains, seed) -> dict:
     num = chains * per_chain
     flat = {k: v.reshape((num,) + v.shape[2:]) for k, v in grouped.items() if k in st.sampled}
 
-    def sample(a, b):
-        fn = poutine.condition(prog.model, data={k: batched(v[a:b], st.latent[k]["shape"], st.latent[k]["event_dim"],
-                                                            st.nesting) for k, v in flat.items()})
-        fn = infer_discrete(_draws_plate(fn, b - a, -(st.nesting + 1)), first_available_dim=-(st.nesting + 2),
-                            temperature=1)
+    def sample(values, num):
+        if num is not None:
+            values = {k: batched(v, st.latent[k]["shape"], st.latent[k]["event_dim"], st.nesting) for k, v in values.items()}
+        fn = poutine.condition(prog.model, data=values)
+        first = -(st.nesting + 1)
+        if num is not None:
+            fn, first = _draws_plate(fn, num, first), first - 1
+        fn = infer_discrete(fn, first_available_dim=first, temperature=1)
         with poutine.block():
             tr = poutine.trace(fn).get_trace(*prog.args, **prog.kwargs)
-        return {k: tr.nodes[k]["value"].reshape((b - a,) + st.latent[k]["shape"]) for k in st.enumerated}
+        lead = () if num is None else (num,)
+        return {k: tr.nodes[k]["value"].reshape(lead + st.latent[k]["shape"]) for k in st.enumerated}
 
     with local_rng(seed + 2, prog.device), torch.no_grad():
-        out = [sample(a, min(a + 100, num)) for a in range(0, num, 100)]
-    return {k: torch.cat([o[k] for o in out]).reshape((chains, per_chain) + st.latent[k]["shape"]) for k in st.enumerated}
+        out, _ = map_draws(lambda a, b: sample({k: v[a:b] for k, v in flat.items()}, b - a),
+                           lambda i: sample({k: v[i] for k, v in flat.items()}, None), num, 100, check=False)
+    return {k: v.reshape((chains, per_chain) + st.latent[k]["shape"]) for k, v in out.items()}
 
 
 def _draws_plate(fn, num, dim):
@@ -468,18 +473,21 @@ def _draws_plate(fn, num, dim):
 
 
 def _default_dims(prog, st, grouped, ll) -> tuple[dict, dict]:
-    """Named dimensions of every variable: ``obs`` for the data plate (whatever its name), a
+    """Named dimensions of every variable: ``obs`` for the data plate (whatever its name; the
+    plate's name where a site is called ``obs``), a
     plate's own name for another plate, ``pixel`` / ``category`` for a zoo model's pixels and
     categories, else ``SITE_dim_i``. A zoo model may set ``arviz_dims = {site: [names]}``."""
     own = dict(getattr(prog.zoo, "arviz_dims", None) or {})
+    names = set(grouped) | set(st.observed) | set(ll or {})
+    obs = next(d for d in ("obs", st.data_plate, f"{st.data_plate}_dim") if d not in names)  # a dim is no variable
     dims = {}
     for name, v in grouped.items():
-        dims[name] = list(own[name]) if name in own else _site_dims(prog, st, name, st.latent[name], tuple(v.shape[2:]))
+        dims[name] = list(own[name]) if name in own else _site_dims(prog, st, name, st.latent[name], tuple(v.shape[2:]), obs)
     for name, o in st.observed.items():
-        dims[name] = list(own[name]) if name in own else _site_dims(prog, st, name, o, o["shape"])
+        dims[name] = list(own[name]) if name in own else _site_dims(prog, st, name, o, o["shape"], obs)
     for var, v in (ll or {}).items():  # one dims list per name in ArviZ: an observed site's serves both
         if var not in dims:
-            dims[var] = ["obs"] if v.dim() > 2 and st.data_plate is not None else []
+            dims[var] = [obs] if v.dim() > 2 and st.data_plate is not None else []
     coords = {}
     for name, names in dims.items():
         shape = tuple(grouped[name].shape[2:]) if name in grouped else (
@@ -489,7 +497,7 @@ def _default_dims(prog, st, grouped, ll) -> tuple[dict, dict]:
     return dims, coords
 
 
-def _site_dims(prog, st, name, info, shape) -> list[str]:
+def _site_dims(prog, st, name, info, shape, obs) -> list[str]:
     batch = len(shape) - info["event_dim"]
     plates = {dim: plate for plate, dim in info["frames"]}
     zoo_model = prog.zoo
@@ -497,7 +505,7 @@ def _site_dims(prog, st, name, info, shape) -> list[str]:
     for i, size in enumerate(shape):
         plate = plates.get(i - batch) if i < batch else None
         if plate is not None:
-            names.append("obs" if plate == st.data_plate else plate)
+            names.append(obs if plate == st.data_plate else plate)
         elif zoo_model is not None and i == len(shape) - 1 and zoo_model.support == "binary" and size == zoo_model.data_dim:
             names.append("pixel")
         elif zoo_model is not None and i == len(shape) - 1 and zoo_model.support == "categorical" \
