@@ -52,9 +52,12 @@ def held_out_log_score(model, held_out, idata=None, *, guide=None) -> float:
     """Mean log predictive density of ``held_out`` per example, in nats.
 
     With ``idata`` (a posterior): ``log mean_s p(x_n | theta_s)``, the posterior predictive;
-    without: the log-likelihood at the point estimate (enumerated sites summed out).
+    without: a zoo model's ``log_prob`` (its point estimate), or for a plain program without latent
+    sites its log-likelihood (enumerated sites summed out).
     """
     prog = Program.of(model, held_out, guide)
+    if prog.zoo is not None and (idata is None or "posterior" not in idata.groups()):
+        return float(prog.zoo.log_prob(prog.args[0]).double().mean())  # the zoo model's point estimate
     draws = {}
     if idata is not None and "posterior" in idata.groups():
         sampled = structure(prog).sampled
@@ -232,7 +235,7 @@ def _metric_row(label: str, run: dict) -> dict:
         if row[k] is None:
             why[k] = f"{row['model']}: {_short(note)}" if note else f"{row['model']}: not in metrics.json"
     if row["test_elbo"] is None:
-        why["test_elbo"] = "no ELBO: the model has no latent variables with a guide that bounds log p(x)"
+        why["test_elbo"] = "no ELBO in metrics.json (models with per-data-point latents report one, e.g. the VAE)"
     for k in ("fd", "mmd2", "classes_covered"):
         if row[k] is None:
             why[k] = f"{row['model']}: no sample-quality metrics in metrics.json"
@@ -264,8 +267,8 @@ def _diagnostics_into(row: dict, run: dict, num_draws, num_chains, max_loo_point
             reason = f"data unavailable ({e})"
     if x is None:
         row["inference"] = reason
-        for k in ("khat", "elpd_loo_per_example", "loo_pareto_k_max"):
-            why[k] = f"{row['run']}: {reason}"
+        for k in ("khat", "khat_reading", "elpd_loo_per_example", "loo_pareto_k_max"):
+            why[k] = f"{row['run']}: {_short(reason)}"
         return None
     model = run["model"]
     with warnings.catch_warnings(record=True) as caught:
@@ -279,7 +282,7 @@ def _diagnostics_into(row: dict, run: dict, num_draws, num_chains, max_loo_point
                         else "posterior (guide)" if st.sampled
                         else "point estimate" + (" (enumerated latents summed out)" if st.enumerated else ""))
     if d["khat"] is None:
-        why["khat"] = f"k-hat {_short(d['khat_reading'])}"
+        why["khat"] = why["khat_reading"] = f"k-hat {_short(d['khat_reading'])}"
     else:
         row.update(khat=d["khat"], khat_reading=d["khat_reading"])
     if "log_likelihood" not in idata.groups():
@@ -458,7 +461,7 @@ def density_plot(idatas: dict, site: str, max_coords: int, path, *, colors: list
     dropped = [k for k in idatas if k not in keep]
     if dropped:
         handles.append(Line2D([], [], color="none", label=f"not shown (a point, no spread): {', '.join(dropped)}"))
-    fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="upper right", fontsize=11, frameon=False)
     fig.suptitle(title, x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=100)
