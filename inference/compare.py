@@ -461,8 +461,8 @@ def density_plot(idatas: dict, site: str, max_coords: int, path, *, colors: list
     dropped = [k for k in idatas if k not in keep]
     if dropped:
         handles.append(Line2D([], [], color="none", label=f"not shown (a point, no spread): {', '.join(dropped)}"))
-    fig.legend(handles=handles, loc="upper right", fontsize=11, frameon=False)
-    fig.suptitle(title, x=0.02, ha="left")
+    fig.legend(handles=handles, loc="upper right", fontsize=14, frameon=False)
+    fig.suptitle(title, x=0.02, ha="left", fontsize=16)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -529,7 +529,9 @@ def _img(path, alt: str) -> str:
 def _report_html(report) -> str:
     columns, body, notes = _cells(report["rows"], RUN_COLUMNS)
     head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in columns)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+    text = {"inference", "khat_reading"}  # long words wrap there; numbers and names never break
+    rows = "".join("<tr>" + "".join(f"<td{' class=text' if col in text else ''}>{html.escape(c)}</td>"
+                                    for col, c in zip(columns, r)) + "</tr>" for r in body)
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
     foot = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     imgs = "".join(f"<h2>{html.escape(name.replace('_', ' '))}</h2>{_img(path, name)}"
@@ -542,7 +544,8 @@ def _report_html(report) -> str:
     warning = f"<p class='warn'><b>Warning:</b> {html.escape(report['warning'])}</p>" if report["warning"] else ""
     style = ("*{box-sizing:border-box}body{font-family:sans-serif;margin:0 auto;padding:1em;max-width:1240px}"
              "table{border-collapse:collapse;font-size:0.78em;width:100%}"
-             "td,th{border:1px solid #ccc;padding:3px 4px;text-align:right;overflow-wrap:anywhere}"
+             "td,th{border:1px solid #ccc;padding:3px 4px;text-align:right}td{white-space:nowrap}"
+             "th{overflow-wrap:anywhere}td.text{white-space:normal;text-align:left;min-width:9em}"
              "th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
              "img{max-width:100%;height:auto}code{overflow-wrap:anywhere}.note{font-size:0.85em;color:#333}"
              ".warn{background:#fff3cd;padding:0.5em}.grid{display:flex;flex-wrap:wrap;gap:1em}"

@@ -11,8 +11,20 @@ worker processes), each from its own random initialisation. After the run,
 :func:`convergence` computes the rank-normalised split r_hat and the bulk and tail ESS of
 every site (Vehtari, Gelman, Simpson, Carpenter & Buerkner 2021) and a
 :class:`ConvergenceWarning` is issued when any r_hat exceeds 1.01, the ESS is below
-100 per chain, or a transition diverged. Meant for models small enough for NUTS: a few
-hundred latent dimensions at most (not local latents of a large data set).
+100 per chain, or a transition diverged (the thresholds of Vehtari et al. 2021: r_hat < 1.01
+with a bulk and tail ESS above 400 for 4 chains). Meant for models small enough for NUTS: a
+few hundred latent dimensions at most (not local latents of a large data set).
+
+Defaults: 4 chains x 1000 draws after 500 warm-up steps, so that a correct sampler passes the
+1.01 check with high probability on these small models whatever the CPU's float rounding.
+Measured (scripts in the notes of this change): on the test's 2-pixel
+Beta-Bernoulli, 2 x 400 draws gave a largest r_hat of 1.0006-1.0117 over 8 seeds (1 of 8 above
+1.01; 1.016 seen on an Intel CPU), 4 x 1000 gave 1.0013-1.0024 over 4 seeds (bulk ESS >= 2899).
+For independent draws (a perfect sampler), the largest r_hat over 64 components exceeds 1.01
+in 18.5% of 200 replicates at 2 x 400 draws and in none at 4 x 500 or 4 x 1000.
+The model is checked before sampling: its latent sites, its size, and that draws of it turn
+into an InferenceData (a failure there costs no sampling time). Models with sites marked for
+parallel enumeration (``@config_enumerate``) run as Pyro's NUTS runs them: enumerated out.
 """
 from __future__ import annotations
 
