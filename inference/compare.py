@@ -460,10 +460,10 @@ def density_plot(idatas: dict, site: str, max_coords: int, path, *, colors: list
     handles = [Line2D([], [], color=c, lw=2, label=k) for k, c in zip(keep, cols)]
     dropped = [k for k in idatas if k not in keep]
     if dropped:
-        handles.append(Line2D([], [], color="none", label=f"not shown (a point, no spread): {', '.join(dropped)}"))
-    fig.legend(handles=handles, loc="upper right", fontsize=14, frameon=False)
+        handles.append(Line2D([], [], color="none", label="not shown (a point):\n" + "\n".join(dropped)))
     fig.suptitle(title, x=0.02, ha="left", fontsize=16)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 0.84, 0.93))  # the legend in the right margin, clear of the panels
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.85, 0.9), fontsize=14, frameon=False)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
