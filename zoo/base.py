@@ -93,6 +93,9 @@ class ZooModel(PyroModule):
       (used where the caller gives none).
     * ``max_plate_nesting``: how many plates the model nests (1: only ``data``).
     * ``exact_density``: False where ``log_prob`` is an estimate (e.g. importance-sampled).
+    * ``static_structure``: True declares that ``model`` and ``guide`` run the same
+      operations every step (no Python control flow on values, no per-row parameters),
+      so :func:`inference.fit` may replay a traced graph of the objective (its fast path).
     """
 
     support: str = "binary"
@@ -102,6 +105,7 @@ class ZooModel(PyroModule):
     options: dict = {}
     max_plate_nesting: int = 1
     exact_density: bool = True
+    static_structure: bool = False
     data_dim: int
     num_categories: int | None = None
 
