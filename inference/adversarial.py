@@ -135,6 +135,8 @@ def fit_adversarial(
     early_stopping: int | None = None,
     num_particles: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    checkpoint=None,
+    metric_log=None,
 ) -> FitResult:
     """Train a GAN (a model with ``generate``, ``discriminate``, ``generator`` and
     ``discriminator``, e.g. ``zoo.create("gan")``) on ``data`` by the adversarial game.
@@ -146,7 +148,8 @@ def fit_adversarial(
         ``lr``); ``betas`` Adam's (default (0.5, 0.999), as DCGAN); both decay by
         ``lr_schedule`` (``"cosine"`` to ``final_lr_fraction`` of the start, or ``"constant"``).
     :param d_steps: discriminator updates per generator update (k of Algorithm 1).
-    :param seed, device, run_dir, resume, checkpoint_every, progress: as :func:`inference.fit`.
+    :param seed, device, run_dir, resume, checkpoint_every, progress, checkpoint, metric_log:
+        as :func:`inference.fit`.
     :param val_data: accepted for a uniform call, and unused: the game has no validation
         loss to monitor; ``early_stopping`` and ``num_particles`` must be None.
     :param on_step: called as ``on_step(steps_done)`` after every step (e.g. to keep sample
@@ -185,10 +188,16 @@ def fit_adversarial(
     if run_dir is not None:
         from pathlib import Path
 
-        callbacks.append(cb.Checkpoint(Checkpointer(Path(run_dir) / CHECKPOINT, every=checkpoint_every,
-                                                    resume=resume)))
-        if ddp.is_main_process():
-            callbacks.append(cb.MetricLogger(MetricLog(Path(run_dir) / METRICS)))
+        checkpoint = checkpoint or Path(run_dir) / CHECKPOINT
+        metric_log = metric_log or Path(run_dir) / METRICS
+    if checkpoint is not None:
+        if not isinstance(checkpoint, Checkpointer):
+            checkpoint = Checkpointer(checkpoint)
+        checkpoint.every = checkpoint_every or checkpoint.every
+        checkpoint.resume = checkpoint.resume and resume
+        callbacks.append(cb.Checkpoint(checkpoint))
+    if metric_log is not None and ddp.is_main_process():
+        callbacks.append(cb.MetricLogger(metric_log if isinstance(metric_log, MetricLog) else MetricLog(metric_log)))
     name = getattr(model, "registered_name", type(model).__name__)
     callbacks.append(cb.Progress(f"{name} [adversarial, {settings['objective']}]", progress))
     trainer = Trainer(step, rows, total_steps=total, seed=seed,

@@ -320,9 +320,8 @@ class SVIStep:
         self.optimizer = None
         self.optimizers = {}
         self._lr_now = lr
-        if not capture:
-            self._add([(p, None) for p in self._module_params()])
-            self._build()
+        self._add([(p, None) for p in self._module_params()])  # known now; pyro.param sites on step 0
+        self._build()
 
     def _module_params(self):
         return [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
