@@ -29,6 +29,7 @@ import pyro
 import pyro.infer.autoguide as autoguide
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from inference import callbacks as cb
@@ -227,8 +228,8 @@ def _program_data(data, device):
     if data is None:
         return (), {}, None
     x = as_tensor(data)
-    if not torch.is_tensor(x):
-        raise DataError(f"data must be a tensor, a zoo.Dataset or a dict of keyword arguments, got {type(data).__name__}")
+    if not torch.is_tensor(x):  # any other object (a list, say) is the first argument, as is
+        return (x,), {}, None
     return (x.to(device),), {}, source
 
 
@@ -291,6 +292,19 @@ def _zoo_data_plate(trace, num_data: int) -> str | None:
     return plates[0] if plates else None
 
 
+class _FixIndices(Messenger):
+    """Sets the index sites of plates (``data``: plate name -> indices): the plate then
+    subsamples those rows, scaled by size / len(indices), as if it had drawn them."""
+
+    def __init__(self, data: dict):
+        super().__init__()
+        self.data = data
+
+    def _pyro_sample(self, msg):
+        if msg["name"] in self.data and site_is_subsample(msg):
+            msg["value"] = self.data[msg["name"]]
+
+
 # ----- the step -----------------------------------------------------------------------------
 class SVIStep:
     """One SVI step: ``loss = elbo(model, guide)(*batch)``, backward, Adam (see module docstring).
@@ -306,9 +320,9 @@ class SVIStep:
                  clip_norm=None, scale: float = 1.0, capture: bool = True, validate_first: bool = False):
         self.objective = objective
         self._condition: dict = {}
-        if capture:  # plain path: the step's condition (plate indices) applies to model and guide
-            model = poutine.condition(model, data=self._condition)
-            guide = poutine.condition(guide, data=self._condition)
+        if capture:  # plain path: the step's plate indices apply to model and guide
+            model = _FixIndices(self._condition)(model)
+            guide = _FixIndices(self._condition)(guide)
         self.loss = objective(model, guide)  # Pyro's ELBOModule
         self.modules = modules
         self.lr, self.betas, self.clip = lr, tuple(betas), clip_norm
@@ -422,12 +436,12 @@ class SVIStep:
         }
 
     def load_state_dict(self, state: dict, batch: Batch) -> None:
-        for k, m in self.modules.items():
-            m.load_state_dict(state["modules"][k])
         names = list(state["param_names"])
-        if self.capture and len(self.params) < len(names):  # find the parameters: one loss, no effect
+        if self.capture and set(names) - set(self.names):  # create them (lazy guides): one loss, no effect
             with torch.random.fork_rng(devices=_cuda_devices(batch.args, batch.kwargs)):
                 self.evaluate(batch)
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
         store = pyro.get_param_store()
         with torch.no_grad():
             for name, value in state["params"].items():
