@@ -41,9 +41,8 @@ from torch.nn import functional as F
 
 from inference import callbacks as cb
 from inference import distributed as ddp
-from inference.checkpoint import CHECKPOINT, METRICS, Checkpointer, MetricLog
 from inference.loop import FitResult, Minibatches, Schedule, Trainer
-from inference.svi import as_tensor, check_settings
+from inference.svi import as_tensor, check_settings, standard_callbacks
 from inference.svi import resolve_settings as svi_resolve_settings
 
 __all__ = [
@@ -184,22 +183,10 @@ def fit_adversarial(
         steps=total, epochs=None, batch_size=rows.batch_size, seed=seed, num_data=x.shape[0],
         model=type(model).__name__, trainer="adversarial", model_options=dict(getattr(model, "options", {})),
     )
-    callbacks = [cb.NaNGuard()]
-    if run_dir is not None:
-        from pathlib import Path
-
-        checkpoint = checkpoint or Path(run_dir) / CHECKPOINT
-        metric_log = metric_log or Path(run_dir) / METRICS
-    if checkpoint is not None:
-        if not isinstance(checkpoint, Checkpointer):
-            checkpoint = Checkpointer(checkpoint)
-        checkpoint.every = checkpoint_every or checkpoint.every
-        checkpoint.resume = checkpoint.resume and resume
-        callbacks.append(cb.Checkpoint(checkpoint))
-    if metric_log is not None and ddp.is_main_process():
-        callbacks.append(cb.MetricLogger(metric_log if isinstance(metric_log, MetricLog) else MetricLog(metric_log)))
     name = getattr(model, "registered_name", type(model).__name__)
-    callbacks.append(cb.Progress(f"{name} [adversarial, {settings['objective']}]", progress))
+    run = dict(checkpoint=checkpoint, metric_log=metric_log, run_dir=run_dir, resume=resume,
+               checkpoint_every=checkpoint_every, progress=progress)
+    callbacks, _ = standard_callbacks(run, f"{name} [adversarial, {settings['objective']}]")
     trainer = Trainer(step, rows, total_steps=total, seed=seed,
                       schedule=Schedule(total, settings["lr_schedule"], settings["final_lr_fraction"]),
                       settings=settings, callbacks=callbacks, context=ctx, device=device)

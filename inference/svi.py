@@ -539,16 +539,8 @@ def build_trainer(model, data=None, guide=None, **given):
         total = max(total, int(settings["min_steps"]))
     settings.update(steps=total, epochs=None, seed=seed, early_stopping=run["early_stopping"], **extra)
     settings["betas"] = list(settings["betas"])
-    callbacks = [cb.NaNGuard()]
-    checkpointer, log = _outputs(run)
-    if checkpointer is not None:
-        callbacks.append(cb.Checkpoint(checkpointer))
-    if log is not None:
-        callbacks.append(cb.MetricLogger(log))
-    if run["early_stopping"]:
-        callbacks.append(cb.EarlyStopping(run["early_stopping"]))
     desc = f"{getattr(model, 'registered_name', getattr(model, '__name__', type(model).__name__))} [{settings['objective']}]"
-    callbacks += [cb.Progress(desc, run["progress"]), *run["callbacks"]]
+    callbacks, checkpointer = standard_callbacks(run, desc)
     trainer = Trainer(step, batches, total_steps=total, seed=seed,
                       schedule=Schedule(total, settings["lr_schedule"], settings["final_lr_fraction"]),
                       settings=settings, callbacks=callbacks, val_fn=val_fn, sync_every=run["sync_every"],
@@ -557,9 +549,24 @@ def build_trainer(model, data=None, guide=None, **given):
     return trainer, bool(run["validate"])
 
 
+def standard_callbacks(run: dict, desc: str):
+    """(callbacks, checkpointer) of a run's settings: the NaN guard, the checkpoint and metric
+    log (from ``checkpoint``/``metric_log``/``run_dir``), early stopping, progress, extras."""
+    callbacks = [cb.NaNGuard()]
+    checkpointer, log = _outputs(run)
+    if checkpointer is not None:
+        callbacks.append(cb.Checkpoint(checkpointer))
+    if log is not None:
+        callbacks.append(cb.MetricLogger(log))
+    if run.get("early_stopping"):
+        callbacks.append(cb.EarlyStopping(run["early_stopping"]))
+    callbacks += [cb.Progress(desc, run.get("progress", True)), *run.get("callbacks", ())]
+    return callbacks, checkpointer
+
+
 def _outputs(run):
-    checkpointer, log = run["checkpoint"], run["metric_log"]
-    if run["run_dir"] is not None:
+    checkpointer, log = run.get("checkpoint"), run.get("metric_log")
+    if run.get("run_dir") is not None:
         from pathlib import Path
 
         folder = Path(run["run_dir"])
@@ -568,8 +575,8 @@ def _outputs(run):
     if checkpointer is not None and not isinstance(checkpointer, Checkpointer):
         checkpointer = Checkpointer(checkpointer)
     if checkpointer is not None:
-        checkpointer.every = run["checkpoint_every"] or checkpointer.every
-        checkpointer.resume = checkpointer.resume and run["resume"]
+        checkpointer.every = run.get("checkpoint_every") or checkpointer.every
+        checkpointer.resume = checkpointer.resume and run.get("resume", True)
     if log is not None and not isinstance(log, MetricLog):
         log = MetricLog(log)
     if log is not None and not ddp.is_main_process():
