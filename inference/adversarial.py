@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from inference import callbacks as cb
 from inference import distributed as ddp
-from inference.loop import FitResult, Minibatches, Schedule, Trainer
+from inference.loop import EpochData, FitResult, Minibatches, Schedule, Trainer
 from inference.svi import as_tensor, check_settings, standard_callbacks
 from inference.svi import resolve_settings as svi_resolve_settings
 
@@ -175,7 +175,7 @@ def fit_adversarial(
     x = as_tensor(data)
     model.check_data(x)
     model.to(device)
-    source = data if hasattr(data, "for_epoch") and not isinstance(data, torch.Tensor) else x.to(device)
+    source = data if isinstance(data, EpochData) and not isinstance(data, torch.Tensor) else x.to(device)
     rows = Minibatches(source, settings["batch_size"], seed, rank, world).to(device)
     total = settings["steps"] or settings["epochs"] * rows.per_epoch
     step = AdversarialStep(model, settings, on_step=on_step)

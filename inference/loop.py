@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import pyro
 import torch
@@ -34,6 +34,7 @@ from inference.checkpoint import CHECKPOINT, METRICS, CheckpointError, get_rng_s
 
 __all__ = [
     "DivergenceError",
+    "EpochData",
     "FitResult",
     "Interrupted",
     "Minibatches",
@@ -97,6 +98,16 @@ class FitResult:
     seconds_per_step: float | None = None
     world_size: int = 1
     train_seconds: float = 0.0
+
+
+# ----- schedule and minibatches ---------------------------------------------------------
+@runtime_checkable
+class EpochData(Protocol):
+    """Training data drawn afresh each epoch (e.g. dynamic binarisation): epoch e trains on
+    ``for_epoch(e)``, a tensor with the same rows in the same order, drawn from the data
+    set's own seed and e only (so a resumed run sees the same draws)."""
+
+    def for_epoch(self, epoch: int) -> torch.Tensor: ...
 
 
 # ----- schedule and minibatches ---------------------------------------------------------

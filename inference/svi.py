@@ -35,7 +35,7 @@ from pyro.poutine.util import site_is_subsample
 from inference import callbacks as cb
 from inference import distributed as ddp
 from inference.checkpoint import CHECKPOINT, METRICS, Checkpointer, MetricLog
-from inference.loop import FitResult, Minibatches, Schedule, Trainer, epoch_permutation
+from inference.loop import EpochData, FitResult, Minibatches, Schedule, Trainer, epoch_permutation
 from inference.objectives import Traced, make_objective
 from zoo.base import ZooModel
 from zoo.data import DataError
@@ -221,7 +221,7 @@ class ProgramBatches:
 
 def _program_data(data, device):
     """(args, kwargs, for_epoch source) of a plain program's data."""
-    source = data if hasattr(data, "for_epoch") and not isinstance(data, torch.Tensor) else None
+    source = data if isinstance(data, EpochData) and not isinstance(data, torch.Tensor) else None
     if isinstance(data, dict):
         kwargs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.items()}
         return (), kwargs, None
@@ -597,7 +597,7 @@ def _zoo_program(model, data, guide, settings, run, device, ctx, rank, world):
     x = as_tensor(data)
     model.check_data(x)
     model.to(device)
-    source = data if hasattr(data, "for_epoch") and not isinstance(data, torch.Tensor) else x.to(device)
+    source = data if isinstance(data, EpochData) and not isinstance(data, torch.Tensor) else x.to(device)
     guide = _make_guide(guide, model.model, model.guide)
     if isinstance(guide, torch.nn.Module):
         guide.to(device)
@@ -619,7 +619,8 @@ def _zoo_program(model, data, guide, settings, run, device, ctx, rank, world):
     if isinstance(guide, torch.nn.Module):
         modules["guide"] = guide
     step = SVIStep(model.model, guide, elbo, modules=modules, lr=settings["lr"], betas=settings["betas"],
-                   clip_norm=settings["clip_norm"], scale=num_data, capture=not traced)
+                   clip_norm=settings["clip_norm"], scale=num_data, capture=not traced,
+                   validate_first=not traced and not run["validate"])
     if traced:
         if not step.params:
             raise ValueError(f"{type(model).__name__} has no trainable parameters")
