@@ -382,3 +382,14 @@ def test_checkpoint_lock_is_reentrant_and_released(tmp_path):
     ckpt.open()
     ckpt.close()
     assert (tmp_path / "sub").is_dir()
+
+
+@pytest.mark.skipif(not os.environ.get("ZOO_SMALL_FS"), reason="set ZOO_SMALL_FS to a small mounted file system "
+                    "(e.g. mount -t tmpfs -o size=200k tmpfs DIR) to run the real disk-full trial")
+def test_a_really_full_disk_names_the_folder_and_leaves_no_tmp():
+    folder = Path(os.environ["ZOO_SMALL_FS"]) / "run"
+    x = torch.bernoulli(torch.full((64, 64), 0.3))
+    with pytest.raises(CheckpointError, match=f"{folder}.*(No space|space)"):
+        inference.fit(zoo.create("made", data_dim=64, hidden_sizes=[512]), x, run_dir=folder, **SETTINGS)
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert not (folder / CHECKPOINT).exists() and not (folder / (CHECKPOINT + ".lock")).exists()
