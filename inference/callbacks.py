@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from inference.checkpoint import Checkpointer, CheckpointError, MetricLog
 from inference.loop import DivergenceError
 
-__all__ = ["Callback", "Checkpoint", "EarlyStopping", "MetricLogger", "NaNGuard", "Progress", "all_finite"]
+__all__ = ["Callback", "Checkpoint", "EarlyStopping", "MetricLogger", "NaNGuard", "Progress", "all_finite",
+           "gradient_norm"]
 
 
 class Callback:
@@ -41,6 +42,16 @@ class Callback:
     def on_close(self, trainer) -> None: ...
     def state_dict(self, trainer) -> dict: return {}
     def load_state_dict(self, trainer, state: dict) -> None: ...
+
+
+def gradient_norm(grads) -> torch.Tensor:
+    """The sum of the gradients' norms: finite exactly when every gradient is (one reduction
+    per tensor, no sync with a GPU)."""
+    grads = [g for g in grads if g is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    return norms[0] if len(norms) == 1 else torch.stack(norms).sum()
 
 
 def all_finite(tensors) -> torch.Tensor:

@@ -404,13 +404,16 @@ class SVIStep:
                              "no module parameter)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for p in self.params]
         if self.clip:
             ddp.average_gradients(self.optimizer)  # clip the averaged gradient (no-op on one process)
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        finite = cb.all_finite(grads)
-        if finite.device.type == "cpu" and not bool(finite):
-            return {"loss": loss.detach() / self.scale, "_grad_finite": 0.0}  # no update: state stays good
+        norm = cb.gradient_norm([p.grad for p in self.params])
+        if norm.device.type == "cpu":  # no device to wait for: check before the update
+            if not math.isfinite(norm.item()):
+                return {"loss": loss.detach() / self.scale, "_grad_finite": 0.0}  # no update: state stays good
+            finite = 1.0
+        else:  # checked at the next read-back (and the parameters before any checkpoint)
+            finite = norm.isfinite()
         self.optimizer.step()
         return {"loss": loss.detach() / self.scale, "_grad_finite": finite}
 
