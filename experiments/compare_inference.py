@@ -111,6 +111,9 @@ def run_method(method: str, make, x: torch.Tensor, config: dict) -> dict:
         if method == "conjugate_iwae":
             objective = "iwae"
         elif method in GUIDES:
+            # an AutoGuide keeps its parameters in Pyro's global store (as under pyro.infer.SVI):
+            # start each from a clear store, or it would take over the previous model's values
+            pyro.clear_param_store()
             guide, lr = GUIDES[method](model.model), config["autoguide_lr"]
         elif method != "conjugate":
             raise ValueError(f"unknown method {method!r}; known: {CONFIG['methods']}")
