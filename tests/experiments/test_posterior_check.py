@@ -74,7 +74,22 @@ def test_grid_evidence_matches_importance_sampling_on_trained_vae():
     inference.fit(vae, x, steps=150, batch_size=100, lr=2e-2, progress=False)
     probe = x[:4]
     evidence = torch.stack([g["log_evidence"] for g in grid_posterior(vae, probe, size=161)])
-    pyro.set_rng_seed(1)
-    estimate = vae.log_prob(probe, num_samples=20_000).double()
-    assert (evidence - estimate).abs().max() < 0.02
+    # Importance sampling from the defensive mixture 1/2 prior + 1/2 q(z|x): the weights
+    # p(x, z) / (p(z)/2 + q(z|x)/2) <= 2 p(x|z) are bounded, so their standard error is a
+    # trustworthy yardstick (q alone gave heavy-tailed weights: errors up to 0.13 on some seeds).
+    K = 50_000
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(1)
+        loc, scale = vae.encode(probe)
+        q = torch.distributions.Normal(loc, scale)
+        prior = torch.distributions.Normal(torch.zeros_like(loc), torch.ones_like(loc))
+        pick = torch.rand(K, *loc.shape[:-1], 1) < 0.5
+        z = torch.where(pick, prior.sample((K,)), q.sample((K,)))
+        log_proposal = torch.logaddexp(prior.log_prob(z).sum(-1), q.log_prob(z).sum(-1)) - math.log(2)
+        log_w = (vae.log_joint(probe, z) - log_proposal).double()  # (K, 4)
+    m = log_w.max(0).values
+    w = (log_w - m).exp()
+    estimate = w.mean(0).log() + m
+    se = w.std(0) / w.mean(0) / K**0.5  # delta method: sd of log mean w
+    assert ((evidence - estimate).abs() < 6 * se + 2e-3).all(), (evidence, estimate, se)
     assert math.isfinite(float(evidence.sum()))
