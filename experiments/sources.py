@@ -295,6 +295,8 @@ def load_data(path, split: str) -> FileDataset:
         if split == "train" and len(x) == 0:
             raise zoo.DataError(f"{path}: the train entry holds no data points (0 rows)")
     x = np.asarray(x)
+    if x.ndim == 2 and x.shape[1] == 1:  # one column (a CSV of labels): one value per data point
+        x = x[:, 0]
     if x.ndim not in (1, 2, 3):
         raise zoo.DataError(f"{path}: expected rows of data points (1-, 2- or 3-dimensional), got shape {x.shape}")
     shape = x.shape
@@ -303,7 +305,7 @@ def load_data(path, split: str) -> FileDataset:
     kind = _kind(x, path) if x.size else ("categorical" if x.ndim == 1 else "binary")
     if kind == "categorical":
         t = torch.as_tensor(x.astype(np.int64))
-        ref = arrays.get("train", arrays.get("all"))
+        ref = np.asarray(arrays.get("train", arrays.get("all")))
         return FileDataset(name=str(path), split=split, x=t, y=None, image_shape=None,
                            num_categories=int(np.max(ref)) + 1, kind=kind)
     t = torch.as_tensor(x.astype(np.float32))

@@ -110,6 +110,8 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
     workdir = Path(workdir)
     config = resolve(config)
     saved = workdir / "config.json"
+    if resume and (workdir / CHECKPOINT).exists():
+        check_checkpoint(workdir / CHECKPOINT)
     if resume and saved.exists() and (workdir / CHECKPOINT).exists():
         previous = _read_config(saved)
         if _comparable(previous) != _comparable(config):
@@ -240,6 +242,20 @@ def load_run(workdir):
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"{workdir / CHECKPOINT} does not fit the model of {path}: {first}") from None
     return model, config
+
+
+#: what a training checkpoint holds (inference.loop writes these)
+_CHECKPOINT_KEYS = ("step", "settings", "modules", "optimizers")
+
+
+def check_checkpoint(path: Path) -> dict:
+    """The checkpoint at ``path``, or a clear error if it is not one a run can resume from."""
+    state = inference.load_checkpoint(path)
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing or not isinstance(state.get("modules"), dict) or not isinstance(state.get("settings"), dict):
+        what = f"no {', '.join(map(repr, missing))}" if missing else "entries of the wrong type"
+        raise ValueError(f"{path} is not a training checkpoint ({what}); pass --restart to start over")
+    return state
 
 
 class TensorBoardLogger:
