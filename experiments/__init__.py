@@ -19,7 +19,7 @@ import functools
 import importlib
 from pathlib import Path
 
-__all__ = ["available", "describe", "get"]
+__all__ = ["available", "describe", "get", "progress"]
 
 _REQUIRED = {"CONFIG", "TINY", "run"}
 
@@ -65,3 +65,14 @@ def get(name: str):
     if name not in available():
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(available())}")
     return importlib.import_module(f"{__name__}.{name}")
+
+
+def progress(items, desc: str, *, total: int | None = None, unit: str = "it"):
+    """A progress bar over one phase of an experiment (tqdm on stderr); ``ZOO_NO_PROGRESS=1``
+    silences it. ``bar.set_postfix_str(...)`` names the item being worked on."""
+    import os
+
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, unit=unit, dynamic_ncols=True,
+                disable=bool(os.environ.get("ZOO_NO_PROGRESS")))

@@ -164,7 +164,7 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plots.loss_curve(
         result.history, workdir / "loss.png", val_losses=result.val_losses,
-        title=f"{config['model']} on {config['data']}", val_label=_validation_label(model),
+        title=f"{config['model']} on {config['data']}", **_loss_labels(model, len(train), len(valid), metrics),
     )
     samples = sample_figure(model, config, workdir / "samples.png", test=test)
     if logger is not None:
@@ -172,11 +172,26 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
     return metrics
 
 
-def _validation_label(model) -> str:
-    """What the validation curve shows: the training objective on the validation split."""
+def _loss_labels(model, num_train: int, num_valid: int, metrics: dict) -> dict:
+    """What the curves of loss.png are. The engine's validation loss is the training objective
+    on the validation split scaled to that split: for a model with global latents (a posterior
+    q over parameters) its KL(q || prior) term is divided by the N_valid examples instead of
+    the N_train of the training loss, so it sits above the training curve by about
+    KL (1/N_valid - 1/N_train) besides any generalisation gap, and above the validation NLL of
+    metrics.json, which has no KL term (the NLL at the point estimate, or importance-sampled)."""
     if getattr(model, "trainer", "svi") != "svi":
-        return "validation"
-    return "validation (training objective, -ELBO per example)"
+        return {}
+    global_latents = bool(model.point_estimate())
+    if global_latents:
+        val_label = f"validation -ELBO per example (its KL term / {num_valid}; training: / {num_train})"
+    else:
+        val_label = "validation loss (the training objective per example)"
+    out = {"val_label": val_label}
+    nll = (metrics.get("valid") or {}).get("nll")
+    if nll is not None:
+        how = "at the point estimate" if getattr(model, "exact_density", True) else "importance-sampled"
+        out["reference"] = (nll, f"final validation NLL, {how} (metrics.json)")
+    return out
 
 
 def _sample_quality(model, config: dict) -> dict:
