@@ -40,6 +40,15 @@ DATA_NAMES = ("digits", "digits_labels", "mnist", "fashion_mnist", "binarized_mn
 GUIDE_EXAMPLES = "auto_normal, auto_delta, auto_mvn, auto_diagonal_normal, auto_lowrank_mvn"
 
 
+#: ``ZOO_TINY=1``: smoke-test settings for every command (the README's test runs its commands so)
+TINY_ENV = "ZOO_TINY"
+TINY_STEPS = 20
+
+
+def _tiny() -> bool:
+    return os.environ.get(TINY_ENV, "").strip() not in ("", "0")
+
+
 # ---------------------------------------------------------------------------
 # parsing
 
@@ -82,7 +91,9 @@ def _pairs(items, flag: str = "-o") -> dict:
 
 def _parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = _Parser(prog=prog or "zoo", description="A zoo of generative models in Pyro: train, evaluate, "
-                "sample, compare and run experiments. `zoo COMMAND --help` describes a command.")
+                "sample, compare and run experiments. `zoo COMMAND --help` describes a command.",
+                epilog=f"{TINY_ENV}=1 runs every command with smoke-test settings ({TINY_STEPS} training steps unless "
+                "--steps/--epochs is given; experiments with their TINY settings).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     subs = {}
 
@@ -156,7 +167,8 @@ def _parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str,
     x.add_argument("--out", help="output folder (default runs/NAME)")
     x.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE",
                    help="override config entries (Python literals), e.g. --set epochs=5")
-    x.add_argument("--tiny", action="store_true", help="apply the experiment's TINY settings (runs in seconds)")
+    x.add_argument("--tiny", action="store_true", help=f"apply the experiment's TINY settings (runs in seconds; also "
+                   f"with {TINY_ENV}=1)")
 
     c = subs["compare"] = sub.add_parser(
         "compare", help="compare run folders: one table, figures and an HTML/Markdown report",
@@ -429,6 +441,9 @@ def train_config(args) -> dict:
         config["progress"] = False
     if not config.get("model"):
         raise ValueError("give a MODEL (zoo list shows them) or --config FILE")
+    if _tiny() and config.get("steps") is None and config.get("epochs") is None:
+        config["steps"] = TINY_STEPS
+        print(f"zoo: {TINY_ENV}=1: training {TINY_STEPS} steps", file=sys.stderr)
     return config
 
 
@@ -498,7 +513,10 @@ def _experiment(args):
     unknown = set(given) - set(module.CONFIG)
     if unknown:
         raise ValueError(f"unknown config keys for {args.name}: {sorted(unknown)}; valid keys: {', '.join(sorted(module.CONFIG))}")
-    config = {**module.CONFIG, **(module.TINY if args.tiny else {}), **given}
+    tiny = args.tiny or _tiny()
+    if tiny and not args.tiny:
+        print(f"zoo: {TINY_ENV}=1: the experiment's TINY settings", file=sys.stderr)
+    config = {**module.CONFIG, **(module.TINY if tiny else {}), **given}
     out = Path(args.out or f"runs/{args.name}")
     _check_out(out)
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
