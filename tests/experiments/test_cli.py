@@ -267,6 +267,14 @@ def test_bad_set_key_lists_the_valid_keys(capsys):
     assert "unknown config keys for parameter_counts: ['nope']; valid keys:" in err and "sizes" in err
 
 
+def test_experiment_prints_its_table_and_folder_not_json(tmp_path, capsys):
+    out = tmp_path / "pc"
+    assert main(["experiment", "parameter_counts", "--tiny", "--set", "rgb=False", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "counts.md").read_text().strip() in printed
+    assert printed.rstrip().endswith(f"outputs: {out}") and not printed.lstrip().startswith("{")
+
+
 def test_every_option_has_help_text():
     from experiments.cli import _parser
 
