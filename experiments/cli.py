@@ -123,7 +123,7 @@ def _parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str,
                    help="grey levels to 0/1 by a fixed threshold (default) or by Bernoulli draws (dynamic)")
     t.add_argument("--objective", help="training objective: " + ", ".join(OBJECTIVE_NAMES)
                    + " (default: the model's own)")
-    t.add_argument("--guide", help=f"an AutoGuide on the model instead of its own guide: {GUIDE_EXAMPLES}")
+    t.add_argument("--guide", help=f"an AutoGuide on the model instead of its own guide, e.g. {GUIDE_EXAMPLES}")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--steps", type=int, help="optimisation steps (default: the model's, else 20 epochs)")
     g.add_argument("--epochs", type=int, help="passes over the training data")
