@@ -463,18 +463,19 @@ def plot(steps_rows, scaling_rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     rows = [r for r in steps_rows if r.get("ratio") is not None]
-    labels = [f"{r['model']}\n{r['size']}" for r in rows]
-    pos = range(len(rows))
-    ax1.bar([p - 0.2 for p in pos], [r["ratio"] for r in rows], width=0.4, label="engine (default path)")
-    ax1.bar([p + 0.2 for p in pos], [r["plain ratio"] for r in rows], width=0.4, label="engine, plain Pyro")
-    ax1.axhline(1.0, color="k", lw=0.8)
-    ax1.axhline(1.1, color="r", ls="--", lw=0.8, label="goal 1.10 (784-dim)")
-    ax1.axhline(1.3, color="orange", ls="--", lw=0.8, label="goal 1.3 (64-dim)")
-    ax1.set_xticks(list(pos), labels, rotation=60, fontsize=7, ha="right")
-    ax1.set_ylabel("step time / hand-written PyTorch")
-    ax1.legend(fontsize=7)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(4.8, 0.32 * len(rows) + 1.5)))
+    # horizontal bars: each label sits level with its own pair of bars, however long it is
+    labels = [f"{r['model']} ({r['size']})" for r in rows]
+    pos = list(range(len(rows)))[::-1]  # the first row on top
+    ax1.barh([p + 0.2 for p in pos], [r["ratio"] for r in rows], height=0.4, label="engine (default path)")
+    ax1.barh([p - 0.2 for p in pos], [r["plain ratio"] for r in rows], height=0.4, label="engine, plain Pyro")
+    ax1.axvline(1.0, color="k", lw=0.8)
+    ax1.axvline(1.1, color="r", ls="--", lw=0.8, label="goal 1.10 (784-dim)")
+    ax1.axvline(1.3, color="orange", ls="--", lw=0.8, label="goal 1.3 (64-dim)")
+    ax1.set_yticks(pos, labels, fontsize=7)
+    ax1.set_xlabel("step time / hand-written PyTorch")
+    ax1.legend(fontsize=7, loc="upper right")
     ax1.set_title("engine step vs hand-written (median of interleaved rounds)")
     for model in sorted({r["model"] for r in scaling_rows}):
         rs = [r for r in scaling_rows if r["model"] == model]

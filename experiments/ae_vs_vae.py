@@ -34,7 +34,7 @@ import torch
 
 import inference
 import zoo
-from experiments import plots
+from experiments import plots, progress
 from experiments.optimal_discriminator import torch_threads
 
 CONFIG = dict(
@@ -110,14 +110,18 @@ def _run(config: dict, workdir) -> dict:
     shape = train_data.image_shape
 
     models, fits = {}, {}
-    for name in ("autoencoder", "vae"):
+    bar = progress(("autoencoder", "vae"), "ae_vs_vae: fits", unit="model")
+    for name in bar:
+        bar.set_postfix_str(name)
         models[name], fits[name] = train(name, config, train_data)
         plots.loss_curve(fits[name].history, workdir / f"loss_{name}.png", title=f"{name} on {config['data']}")
     ae, vae = models["autoencoder"], models["vae"]
 
     K = int(config["num_samples"])
     rows = {}
-    for name, model in models.items():
+    bar = progress(models.items(), f"ae_vs_vae: metrics (VAE: IS-NLL, K = {K})", unit="model")
+    for name, model in bar:
+        bar.set_postfix_str(name)
         pyro.set_rng_seed(config["seed"] + 1)
         metrics = inference.evaluate(model, test, num_samples=K) if name == "vae" else inference.evaluate(model, test)
         train_error = reconstruction_error(model, train_data.x)

@@ -34,7 +34,7 @@ import torch
 
 import inference
 import zoo
-from experiments import plots
+from experiments import plots, progress
 from experiments.optimal_discriminator import torch_threads
 from inference.metrics import load_classifier, score_samples
 
@@ -171,7 +171,7 @@ def run_dataset(data: str, config: dict, workdir: Path) -> dict:
     rows.append({"label": "reference: training split as samples", **_quality(reference, test, valid, classifier, n)})
     rows.append({"label": "reference: Bernoulli(1/2) noise", **_quality(noise, test, valid, classifier, n)})
     images = {}
-    for objective in config["objectives"]:
+    for objective in progress(config["objectives"], f"gan_baseline {data}: GAN fits", unit="objective"):
         start = time.perf_counter()
         model, result, snaps = train_gan(train, objective, config, data)
         seconds = time.perf_counter() - start
@@ -188,7 +188,7 @@ def run_dataset(data: str, config: dict, workdir: Path) -> dict:
                              ncol=config["num_images"], title=f"{label}: fixed z at steps {steps}")
         plots.loss_curve(result.history, workdir / f"{tag}_losses.png", title=f"{label} on {data}: both players")
         images[label] = samples[: config["num_images"] * 4]
-    for name in config["compare"]:
+    for name in progress(config["compare"], f"gan_baseline {data}: likelihood models", unit="model"):
         if name not in zoo.available():
             rows.append({"label": name, "note": "not registered"})
             continue

@@ -35,7 +35,7 @@ import torch
 
 import inference
 import zoo
-from experiments import plots
+from experiments import plots, progress
 
 __all__ = ["CONFIG", "PUBLISHED", "TINY", "leaderboard", "model_entries", "run", "train_and_score"]
 
@@ -212,12 +212,14 @@ def nll_plot(metrics: dict[str, dict], path, title: str) -> Path:
     fig, ax = plots.plt.subplots(figsize=(7, 4.5))
     for r in scored:
         ax.scatter(r["num_parameters"], r["nll"], s=30)
-        ax.annotate(r["label"], (r["num_parameters"], r["nll"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("test NLL (nats per image)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
+    fig.tight_layout()
+    plots.label_points(ax, [r["num_parameters"] for r in scored], [r["nll"] for r in scored], [r["label"] for r in scored])
     return plots._save(fig, path)
 
 
@@ -229,7 +231,10 @@ def run(config: dict, workdir) -> dict:
     published = PUBLISHED.get(_binarization(config), {})
     metrics = {}
     started = time.perf_counter()
-    for entry in model_entries(config):
+    entries = model_entries(config)
+    bar = progress(entries, "likelihood_ladder: fit and score", unit="model")
+    for entry in bar:
+        bar.set_postfix_str(entry["label"])
         row = train_and_score(entry, train, test, config, workdir)
         if entry["label"] in published:
             row["published"] = published[entry["label"]][0]

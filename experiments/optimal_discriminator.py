@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from experiments import plots
+from experiments import plots, progress
 from inference.adversarial import fit_discriminator, jensen_shannon, optimal_discriminator, value_function
 
 __all__ = ["CONFIG", "TINY", "check_identity", "problem", "run", "torch_threads", "train_and_compare"]
@@ -219,7 +219,7 @@ def _run(config: dict, workdir) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for dim, plot in ((1, _plot_1d), (2, _plot_2d)):
+    for dim, plot in progress(((1, _plot_1d), (2, _plot_2d)), "optimal_discriminator: 1-d and 2-d problems", unit="problem"):
         p_data, p_g = problem(config[f"data_{dim}d"], config[f"generator_{dim}d"])
         out, arrays = train_and_compare(p_data, p_g, dim, config, n_grid=config[f"grid_{dim}d"], limit=config[f"limit_{dim}d"])
         plot(arrays, workdir / f"d_vs_dstar_{dim}d.png")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import zoo
-from experiments import plots
+from experiments import plots, progress
 from zoo.rgb_pixel import RGBPixel, sample_photo_pixels
 
 __all__ = ["CONFIG", "TINY", "count_rows", "rgb_pixel_comparison", "run"]
@@ -76,7 +76,7 @@ def count_rows(config: dict) -> list[dict]:
         model = RGBPixel(factorization=factorization)
         formula = 256**3 - 1 if factorization == "joint" else 3 * 255
         rows.append(_row(label, 1, text, formula, model))
-    for n in config["sizes"]:
+    for n in progress(config["sizes"], "parameter_counts: models built per size", unit="size"):
         for label, name, options, formula, text in _rungs(config):
             try:
                 model = zoo.create(name, data_dim=int(n), **options)
@@ -157,7 +157,7 @@ def rgb_pixel_comparison(config: dict) -> list[dict]:
     num_valid = len(train) // 10
     fit_part, valid = train[num_valid:], train[:num_valid]
     rows = []
-    for factorization in ("joint", "independent"):
+    for factorization in progress(("joint", "independent"), "parameter_counts: RGB pixel fits", unit="model"):
         model = RGBPixel(factorization=factorization)
         fit_x, valid_x, train_x, test_x = (model.encode(t) for t in (fit_part, valid, train, test))
         scores = {a: -model.fit_counts(fit_x, a).log_prob(valid_x).mean().item() for a in config["rgb_pseudo_counts"]}

@@ -5,15 +5,19 @@ Running the same configuration into the same folder again resumes an interrupted
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pyro
 import torch
 
 import inference
 import zoo
-from experiments import plots
+from experiments import plots, sources
 from experiments.run_folder import RunFolder
+from inference.checkpoint import METRICS
 
-__all__ = ["CONFIG", "load_run", "sample_figure", "train_and_evaluate"]
+__all__ = ["CONFIG", "TensorBoardLogger", "evaluate_run", "load_run", "load_split", "sample_figure", "train_and_evaluate"]
 
 #: Defaults of ``zoo train``; None means "the model's fit_defaults, then the engine's".
 CONFIG = dict(
@@ -23,6 +27,7 @@ CONFIG = dict(
     data_dir=None,
     binarize="threshold",
     objective=None,
+    guide=None,
     steps=None,
     epochs=None,
     batch_size=None,
@@ -32,41 +37,62 @@ CONFIG = dict(
     seed=0,
     device="cpu",
     progress=True,
+    logger="jsonl",
 )
 
-FIT_KEYS = ("objective", "steps", "epochs", "batch_size", "lr", "num_particles", "early_stopping")
+#: keys a run adds to its config.json (recomputed when that file is passed back in)
+DERIVED = ("image_shape", "model_path", "support")
+
+FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "lr", "num_particles", "early_stopping")
 
 
 def resolve(config: dict) -> dict:
-    """Fill in defaults and the data dimensions the model needs."""
-    unknown = set(config) - set(CONFIG)
+    """Fill in defaults and the data dimensions the model's constructor takes."""
+    config = {k: v for k, v in config.items() if k not in DERIVED or k == "model_path"}
+    unknown = set(config) - set(CONFIG) - {"model_path"}
     if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(CONFIG)}")
-    config = {**CONFIG, **config}
-    cls = zoo.get(config["model"])  # unknown model -> UnknownNameError before any work
+        raise ValueError(f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(sorted(CONFIG))}")
+    config = {**CONFIG, **{k: v for k, v in config.items() if v is not None}}
+    if sources.is_data_file(config["data"]):  # recorded absolute: the run folder works from anywhere
+        config["data"] = str(Path(config["data"]).expanduser().resolve())
+    if "model_path" not in config:
+        config.update(sources.model_spec(config["model"]))
+    cls = model_class(config)  # unknown model -> UnknownNameError before any work
     train = _load(config, "train")
-    options = dict(config["options"])
-    if cls.support == "categorical":
-        if train.support != "categorical":
-            raise zoo.DataError(f"model {config['model']!r} needs categorical data; {config['data']!r} is {train.support}")
-        options.setdefault("num_categories", train.num_categories)
-    elif cls.support == "binary":
-        if train.support != "binary":
-            raise zoo.DataError(f"model {config['model']!r} needs binary data; {config['data']!r} is {train.support}")
-        options.setdefault("data_dim", train.dim)
-    config["options"] = options
+    if len(train) == 0:
+        raise zoo.DataError(f"{config['data']}: the train split holds no data points")
+    sources.check_support(cls, train, config["data"])
+    config["options"] = sources.fill_options(cls, config["options"], train)
     config["image_shape"] = list(train.image_shape) if train.image_shape else None
+    if config.get("model_path") is None:
+        config.pop("model_path", None)
     return config
 
 
+def model_class(config: dict) -> type:
+    """The class of a config's model: registered, or from a user's file or module."""
+    return sources.model_class(config["model"], config.get("model_path"))
+
+
 def _load(config: dict, split: str) -> zoo.Dataset:
+    if sources.is_data_file(config["data"]):
+        return sources.load_data(config["data"], split)
     return zoo.load(config["data"], split, root=config["data_dir"], binarize=config["binarize"], seed=config["seed"])
+
+
+def load_split(config: dict, split: str) -> zoo.Dataset:
+    """One split of a run's data (a built-in data set or the user's file)."""
+    return _load({**CONFIG, **config}, split)
 
 
 def build_model(config: dict):
     """The model of a resolved config, with parameters drawn from its seed."""
     pyro.set_rng_seed(config["seed"])
-    return zoo.create(config["model"], **config["options"])
+    cls = model_class(config)
+    try:
+        return cls(**config["options"])
+    except TypeError as e:
+        raise TypeError(f"bad option for model {config['model']!r}: {e}") from None
 
 
 def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
@@ -77,8 +103,8 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
             previous = folder.read_config()
             if _comparable(previous) != _comparable(config):
                 raise ValueError(
-                    f"{folder.path} holds a run with another configuration; choose another --out "
-                    "or delete the folder"
+                    f"{folder.path} holds a run with another configuration; choose another --out, "
+                    "pass --restart to start over, or delete the folder"
                 )
         folder.write_config(config)
         return _train_into(config, folder)
@@ -90,17 +116,21 @@ def _train_into(config: dict, folder: RunFolder) -> dict:
     fit_kwargs = {k: config[k] for k in FIT_KEYS if config[k] is not None}
     # a model of the adversarial protocol (the GAN) is trained by the adversarial game
     adversarial = isinstance(model, inference.Adversarial)
-    outputs = folder.engine_outputs()
-    result = (inference.fit_adversarial if adversarial else inference.fit)(
-        model,
-        train,
-        val_data=valid if len(valid) else None,
-        seed=config["seed"],
-        device=config["device"],
-        progress=config["progress"],
-        **outputs,
-        **fit_kwargs,
-    )
+    logger = TensorBoardLogger(folder.path) if config["logger"] == "tensorboard" and folder.writer else None
+    try:
+        result = (inference.fit_adversarial if adversarial else inference.fit)(
+            model,
+            train,
+            val_data=valid if len(valid) else None,
+            seed=config["seed"],
+            device=config["device"],
+            progress=config["progress"],
+            **folder.engine_outputs(),
+            **fit_kwargs,
+        )
+    finally:
+        if logger is not None:
+            logger.stop()
     if not folder.writer:
         return {"model": config["model"], "data": config["data"], "steps": result.steps}
     metrics = {
@@ -113,27 +143,71 @@ def _train_into(config: dict, folder: RunFolder) -> dict:
         "valid": inference.evaluate(model, valid) if len(valid) else None,
         "test": inference.evaluate(model, test),
         # FD, MMD, Parzen window and mode coverage of samples vs the test split (any model)
-        "sample_quality": inference.sample_quality(
-            model, config["data"], root=config["data_dir"], binarize=config["binarize"], seed=config["seed"]
-        ),
+        "sample_quality": _sample_quality(model, config),
     }
     folder.write_metrics(metrics)
     plots.loss_curve(
         result.history, folder.path / "loss.png", val_losses=result.val_losses,
-        title=f"{config['model']} on {config['data']}",
+        title=f"{config['model']} on {config['data']}", **_loss_labels(model, len(train), len(valid), metrics),
     )
-    sample_figure(model, config, folder.path / "samples.png", test=test)
+    samples = sample_figure(model, config, folder.path / "samples.png", test=test)
+    if logger is not None:
+        logger.final(metrics, samples)
+    return metrics
+
+
+def _loss_labels(model, num_train: int, num_valid: int, metrics: dict) -> dict:
+    """What the curves of loss.png are. The engine's validation loss is the training objective
+    on the validation split scaled to that split: for a model with global latents (a posterior
+    q over parameters) its KL(q || prior) term is divided by the N_valid examples instead of
+    the N_train of the training loss, so it sits above the training curve by about
+    KL (1/N_valid - 1/N_train) besides any generalisation gap, and above the validation NLL of
+    metrics.json, which has no KL term (the NLL at the point estimate, or importance-sampled)."""
+    if isinstance(model, inference.Adversarial):
+        return {}
+    global_latents = bool(model.point_estimate())
+    if global_latents:
+        val_label = f"validation -ELBO per example (its KL term / {num_valid}; training: / {num_train})"
+    else:
+        val_label = "validation loss (the training objective per example)"
+    out = {"val_label": val_label}
+    nll = (metrics.get("valid") or {}).get("nll")
+    if nll is not None:
+        how = "at the point estimate" if getattr(model, "exact_density", True) else "importance-sampled"
+        out["reference"] = (nll, f"final validation NLL, {how} (metrics.json)")
+    return out
+
+
+def _sample_quality(model, config: dict) -> dict:
+    if sources.is_data_file(config["data"]):
+        return {"sample_note": "sample-quality metrics need a built-in image data set (they use its labelled classifier)"}
+    return inference.sample_quality(
+        model, config["data"], root=config["data_dir"], binarize=config["binarize"], seed=config["seed"]
+    )
+
+
+def evaluate_run(workdir, split: str = "test") -> dict:
+    """The metrics of a run folder's model on ``split`` (``zoo evaluate``)."""
+    model, config = load_run(workdir)
+    data = load_split(config, split)
+    metrics = inference.evaluate(model, data)
+    metrics["sample_quality"] = (
+        _sample_quality(model, config) if split == "test" else
+        inference.sample_quality(model, config["data"], root=config.get("data_dir"), binarize=config.get("binarize", "threshold"),
+                                 seed=config.get("seed", 0), split=split)
+        if not sources.is_data_file(config["data"]) else {}
+    )
     return metrics
 
 
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("progress", "device", "data_dir")}
+    return {k: v for k, v in config.items() if k not in ("progress", "device", "data_dir", "logger")}
 
 
 def load_run(workdir):
     """(model, config) of a run folder, with the parameters of its checkpoint."""
     folder = RunFolder(workdir)
-    config = folder.read_config()
+    config = {**CONFIG, **folder.read_config()}
     model = build_model(config)
     state = folder.load_state()
     try:
@@ -142,6 +216,73 @@ def load_run(workdir):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise inference.CheckpointError(f"{folder.path} holds parameters of another model: {first}") from None
     return model, config
+
+
+class TensorBoardLogger:
+    """Mirrors a run's metrics.jsonl into TensorBoard events (``RUN_DIR/tensorboard``).
+
+    A thread follows metrics.jsonl while the engine trains and writes each new record's
+    scalars at its step (so TensorBoard shows the run live); :meth:`final` adds the final
+    metrics and the sample grid. metrics.jsonl stays the record of the run.
+    """
+
+    def __init__(self, workdir: Path, poll: float = 1.0):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("--logger tensorboard needs the tensorboard package: pip install tensorboard "
+                             "(or pip install pyro-zoo[tensorboard])") from None
+        import threading
+
+        self.log = workdir / METRICS
+        self.writer = SummaryWriter(log_dir=str(workdir / "tensorboard"))
+        self.seen = 0
+        self.poll = poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self):
+        while not self._stop.wait(self.poll):
+            self.flush()
+
+    def flush(self):
+        if not self.log.exists():
+            return
+        lines = self.log.read_text().splitlines()
+        if len(lines) < self.seen:  # a resume truncated the log: its lines were written already
+            self.seen = len(lines)
+        for line in lines[self.seen:]:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line being written: read it next time
+                break
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+            self.seen += 1
+        self.writer.flush()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+
+    def final(self, metrics: dict, samples):
+        step = metrics["steps"]
+        for split in ("valid", "test"):
+            for key, value in (metrics.get(split) or {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{split}/{key}", value, step)
+        for key, value in (metrics.get("sample_quality") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"samples/{key}", value, step)
+        if samples is not None:
+            import matplotlib.image
+
+            image = matplotlib.image.imread(str(samples))[..., :3]
+            self.writer.add_image("samples", image, step, dataformats="HWC")
+        self.writer.close()
 
 
 def sample_figure(model, config: dict, path, *, n: int = 64, test=None, seed: int = 0):

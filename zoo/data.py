@@ -318,7 +318,8 @@ def _missing_file_error(name: str, directory: pathlib.Path, missing: str, expect
     return DataError(
         f"{name}: file {missing!r} (or {missing + '.gz'!r}) not found in {directory}. "
         f"Put these files, gzipped or not, into that directory: {files}. "
-        f"The data root {directory.parent} is taken from load(..., root=...), else "
+        f"The data root {directory.parent} is taken from --data-dir (zoo train) or "
+        f"load(..., root=...), else "
         f"the {DATA_DIR_ENV} environment variable, else {DEFAULT_DATA_DIR}. "
         f"Nothing is downloaded."
     )

@@ -14,3 +14,4 @@ def test_experiment_runs_tiny(name, tmp_path):
     json.dumps(results, default=str)  # results are serialisable
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written, f"{name} wrote nothing to its folder"
+    assert any(p.suffix == ".md" for p in written), f"{name} wrote no Markdown table (the CLI prints them)"

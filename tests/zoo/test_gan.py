@@ -151,7 +151,7 @@ def test_zoo_train_gan_writes_a_complete_run_folder_and_resumes(tmp_path, zoo_ca
     assert main(argv) == 0  # complete: resumes at the end, same numbers
     assert json.loads((out / "metrics.json").read_text())["sample_quality"] == quality
     capsys.readouterr()
-    assert main(["evaluate", str(out)]) == 0
+    assert main(["evaluate", str(out), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["nll"] is None and printed["sample_quality"] == quality
     assert main([*argv[:-3], "--objective", "minimax", "--out", str(out), "--no-progress"]) == 2
