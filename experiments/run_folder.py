@@ -48,6 +48,10 @@ def _finite(value):
     return value
 
 
+#: entries a run's config.json must have, and their types
+_CONFIG_TYPES = {"model": str, "options": dict, "data": str, "seed": int}
+
+
 class RunFolder:
     """A run folder at ``path`` (see the module docstring)."""
 
@@ -100,9 +104,13 @@ class RunFolder:
             config = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path} is corrupt: {e}") from None
-        if not isinstance(config, dict) or not isinstance(config.get("model"), str) \
-                or not isinstance(config.get("options"), dict) or not isinstance(config.get("seed"), int):
-            raise CheckpointError(f"{path} is not a run configuration (it needs model, options and seed)")
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path} is not a run configuration (a JSON object), got {type(config).__name__}")
+        for key, kind in _CONFIG_TYPES.items():
+            if key not in config:
+                raise CheckpointError(f"{path} is not a run configuration: no {key!r} entry")
+            if not isinstance(config[key], kind) or isinstance(config[key], bool):
+                raise CheckpointError(f"{path}: {key!r} must be {kind.__name__}, got {config[key]!r}")
         return config
 
     def write_config(self, config: dict) -> None:

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -76,6 +77,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp = None
         _fsync_folder(folder)
     except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise CheckpointError(
+                f"no space left on the device of {folder} (writing {path.name}): free some space or choose another folder"
+            ) from None
         raise CheckpointError(f"cannot write {path.name} in {folder}: {e.strerror or e}") from None
     finally:
         if tmp is not None:

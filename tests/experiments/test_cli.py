@@ -147,12 +147,12 @@ def test_read_only_out_folder(tmp_path, capsys):
 def test_disk_full_names_the_folder(tmp_path, capsys, monkeypatch):
     import errno
 
-    import torch
+    import inference.checkpoint
 
-    def full(obj, f, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(inference.checkpoint.os, "write", full)  # every file the run writes
     out = tmp_path / "run"
     assert main(["train", "bernoulli", "--out", str(out), *TRAIN]) == 2
     _one_line_error(capsys, f"no space left on the device of {out}")
@@ -224,7 +224,7 @@ def test_wrong_structure_checkpoint_is_a_clear_error(run_dir, tmp_path, capsys):
     assert main(["evaluate", str(copy)]) == 2
     _one_line_error(capsys, "no model parameters")
     assert main(["train", "bernoulli", "--out", str(copy), *TRAIN]) == 2
-    _one_line_error(capsys, "is not a training checkpoint")
+    _one_line_error(capsys, "not a checkpoint of this engine")
     assert main(["train", "bernoulli", "--out", str(copy), "--restart", *TRAIN]) == 0
 
 
