@@ -40,9 +40,11 @@ VARIANTS = [
     ("made", {"hidden_sizes": (16, 16), "ordering": "random", "seed": 2}),
     ("made", {"hidden_sizes": (16,), "num_masks": 3, "order_agnostic": True}),
     ("mixture", {"num_components": 3}),
+    ("pixelcnn", {"channels": 4, "num_layers": 2, "head_channels": 6}),
+    ("pixelcnn", {"channels": 6, "num_layers": 1, "head_channels": 3, "first_kernel": 3, "kernel": 5}),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in opts.items()) or 'default'}" for name, opts in VARIANTS]
-AUTOREGRESSIVE = [(n, o) for n, o in VARIANTS if n in ("fvsbn", "nade", "made")]
+AUTOREGRESSIVE = [(n, o) for n, o in VARIANTS if n in ("fvsbn", "nade", "made", "pixelcnn")]
 
 
 def states(n):
@@ -135,9 +137,10 @@ def test_autoregressive_property_by_gradient(name, options):
             (grad,) = torch.autograd.grad(logits[:, i].sum(), x, retain_graph=True)
             later = ordering[t:]
             assert torch.all(grad[:, later] == 0), f"output {i} (position {t}) sees itself or a later pixel"
-            if name != "made":  # FVSBN and NADE: every earlier pixel matters
+            if name in ("fvsbn", "nade"):  # every earlier pixel matters (not so for MADE's masks
+                # or PixelCNN's receptive field)
                 assert torch.all(grad[:, ordering[:t]] != 0)
-        # MADE: the last pixel in the ordering depends on some earlier one
+        # MADE, PixelCNN: the last pixel in the ordering depends on some earlier one
         (grad,) = torch.autograd.grad(logits[:, ordering[-1]].sum(), x)
         assert grad.abs().sum() > 0
 
@@ -383,3 +386,64 @@ def test_nade_loss_and_gradients_at_mnist_size_match_the_former_formulation():
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+# ----- PixelCNN on 2-D images --------------------------------------------------------------
+
+
+def test_pixelcnn_is_normalised_on_a_3x3_image_and_its_sampler_agrees():
+    model = randomise(zoo.create("pixelcnn", data_dim=9, channels=4, num_layers=2, head_channels=4), 0.5)
+    assert model.image_shape == (3, 3)
+    assert model.log_prob(states(9)).double().exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    small = randomise(zoo.create("pixelcnn", data_dim=6, image_shape=(2, 3), channels=4, num_layers=1), 0.7)
+    num = 20_000
+    samples = small.sample(num)
+    index = (samples.long() * 2 ** torch.arange(5, -1, -1)).sum(-1)
+    freq = torch.bincount(index, minlength=64).double() / num
+    probs = small.log_prob(states(6)).double().exp()
+    assert probs.sum().item() == pytest.approx(1.0, abs=1e-5) and probs.max() < 0.9
+    # E[TV] <= 0.5 sqrt(64 / 20000) ~ 0.028; 0.06 leaves room for chance
+    assert 0.5 * (freq - probs).abs().sum().item() < 0.06
+
+
+@pytest.mark.parametrize("first_kernel,kernel,layers", [(7, 3, 2), (3, 3, 3), (5, 5, 1)])
+def test_pixelcnn_autoregressive_in_raster_order_by_gradient(first_kernel, kernel, layers):
+    """Output (r, c) sees no pixel at or after (r, c) in raster order; and it does see its left
+    neighbour and the pixel above (the receptive field grows as in the paper)."""
+    H, W = 5, 4
+    model = randomise(zoo.create("pixelcnn", data_dim=H * W, image_shape=(H, W), channels=4, num_layers=layers,
+                                 first_kernel=first_kernel, kernel=kernel), 0.5)
+    x = torch.rand(2, H * W, requires_grad=True)
+    logits = model.conditional_logits(x)
+    for i in range(H * W):
+        (grad,) = torch.autograd.grad(logits[:, i].sum(), x, retain_graph=True)
+        assert torch.all(grad[:, i:] == 0), f"pixel {i} sees itself or a later pixel"
+        r, c = divmod(i, W)
+        if c > 0:
+            assert torch.all(grad[:, i - 1] != 0)
+        if r > 0:
+            assert torch.all(grad[:, i - W] != 0)
+
+
+def test_pixelcnn_parameter_count_is_the_formula_and_masked_taps_get_no_gradient():
+    from zoo.pixelcnn import MaskedConv2d
+
+    model = zoo.create("pixelcnn", data_dim=16, channels=6, num_layers=3, head_channels=5, first_kernel=5, kernel=3)
+    C, Ch, L, h, m_a, m_b = 6, 5, 3, 3, (25 - 1) // 2, (9 + 1) // 2
+    assert model.num_parameters() == C * (m_a + 1) + L * (2 * C * h + h * h * m_b + 2 * h + C) + (C + 1) * Ch + (Ch + 1)
+    model.log_prob(toy_data(16, 8)).sum().backward()
+    connected = 0
+    for m in model.modules():
+        if isinstance(m, MaskedConv2d):
+            assert torch.all(m.weight.grad[m.mask == 0] == 0)
+            connected += m.num_connected()
+        elif isinstance(m, torch.nn.Conv2d):
+            connected += sum(p.numel() for p in m.parameters())
+    assert connected == model.num_parameters()
+    assert zoo.create("pixelcnn", data_dim=784).image_shape == (28, 28)
+    with pytest.raises(ValueError, match="image_shape"):
+        zoo.create("pixelcnn", data_dim=10, image_shape=(3, 3))
+    with pytest.raises(ValueError, match="even"):
+        zoo.create("pixelcnn", data_dim=4, channels=5)
+    with pytest.raises(ValueError, match="odd"):
+        zoo.create("pixelcnn", data_dim=4, kernel=4)
