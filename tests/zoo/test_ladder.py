@@ -447,3 +447,32 @@ def test_pixelcnn_parameter_count_is_the_formula_and_masked_taps_get_no_gradient
         zoo.create("pixelcnn", data_dim=4, channels=5)
     with pytest.raises(ValueError, match="odd"):
         zoo.create("pixelcnn", data_dim=4, kernel=4)
+
+
+def test_made_mask_draws_resume_exactly(tmp_path):
+    """The mask of each step comes from the generator that fit seeds and checkpoints, so a run
+    killed between checkpoints and resumed trains on the same masks as an uninterrupted one."""
+    from inference.loop import CHECKPOINT
+
+    x = toy_data(6, 64)
+    settings = dict(steps=12, batch_size=16, lr=0.05, checkpoint_every=4, progress=False, seed=3)
+    options = dict(hidden_sizes=(8,), num_masks=4, order_agnostic=True)
+    reference = MADE(6, **options)
+    full = inference.fit(reference, x, run_dir=tmp_path / "a", **settings)
+
+    model = MADE(6, **options)
+    calls = {"n": 0}
+
+    def crash_at_10(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        inference.fit(model, x, run_dir=tmp_path / "b", guide=crash_at_10, **settings)
+    assert inference.load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 8
+    fresh = MADE(6, **options)
+    resumed = inference.fit(fresh, x, run_dir=tmp_path / "b", **settings)
+    assert resumed.resumed_from == 8 and resumed.losses == full.losses
+    for (k, v), w in zip(reference.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(v, w), k
