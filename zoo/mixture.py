@@ -15,7 +15,10 @@ component and pixel). Fitted by maximum likelihood with z summed out *exactly*: 
 model marks ``z`` for parallel enumeration and the engine's ``enum`` objective
 (:class:`pyro.infer.TraceEnum_ELBO`, empty guide) computes log p(x) itself, so its
 gradient is that of the marginal likelihood (the quantity EM climbs). ``log_prob`` sums z
-out with a logsumexp.
+out with a logsumexp. The x site's distribution, :class:`BernoulliPixels`, is
+``Bernoulli(logits).to_event(1)`` with a log-density that is one matmul over components and
+images (x . theta_k - sum_i softplus(theta_ki)), so K = 500 on MNIST trains in a fraction
+of the time of the elementwise (K, B, n) table.
 
 References: Bishop, *Pattern Recognition and Machine Learning* (2006), section 9.3.3;
 Everitt & Hand, *Finite Mixture Distributions* (1981).
@@ -25,11 +28,56 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
+from torch.distributions import constraints
 
 from zoo.autoregressive import check_dim, check_sizes
 from zoo.base import ZooModel, data_plate
 
-__all__ = ["BernoulliMixture"]
+__all__ = ["BernoulliMixture", "BernoulliPixels"]
+
+
+class BernoulliPixels(dist.TorchDistribution):
+    """Independent Bernoulli pixels, ``Bernoulli(logits=logits).to_event(1)``, whose
+    ``log_prob`` is a matmul when the logits are one row per component against a batch of
+    images (the enumerated mixture: logits (K, 1, n), x (B, n)).
+
+    log p(x | theta) = sum_i x_i theta_i - softplus(theta_i) = x . theta - sum_i softplus(theta_i),
+    so the (K, B) table of log-likelihoods costs one (K, n) x (n, B) product instead of a
+    (K, B, n) tensor of elementwise terms (at K = 500, B = 100, n = 784: 39M values).
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.independent(constraints.boolean, 1)
+    has_enumerate_support = False
+
+    def __init__(self, logits: torch.Tensor, batch_shape=None, validate_args=None):
+        # the logits stay unexpanded (a plate's expand only records the batch shape), so the
+        # matmul below sees one row per component
+        self.logits = logits
+        batch_shape = logits.shape[:-1] if batch_shape is None else torch.Size(batch_shape)
+        super().__init__(batch_shape, logits.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return BernoulliPixels(self.logits, torch.Size(batch_shape), validate_args=False)
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        return torch.bernoulli(torch.sigmoid(self.logits).expand(shape))
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits
+        norm = F.softplus(logits).sum(-1)
+        if logits.dim() >= 2 and logits.shape[-2] == 1 and value.dim() == 2:
+            # one row per component against every image: a matmul
+            n = logits.shape[-1]
+            dot = (logits.reshape(-1, n) @ value.t()).reshape(*logits.shape[:-2], value.shape[0])
+        else:
+            dot = (value * logits).sum(-1)
+        return (dot - norm).expand(torch.broadcast_shapes(self.batch_shape, value.shape[:-1]))
 
 
 class BernoulliMixture(ZooModel):
@@ -58,7 +106,7 @@ class BernoulliMixture(ZooModel):
         """x: (batch, n) float 0/1, or None to simulate ``num_data`` rows."""
         with data_plate(x, num_data):
             z = pyro.sample("z", dist.Categorical(logits=self.mixing_logits), infer={"enumerate": "parallel"})
-            return pyro.sample("x", dist.Bernoulli(logits=self.component_logits[z]).to_event(1), obs=x)
+            return pyro.sample("x", BernoulliPixels(self.component_logits[z]), obs=x)
 
     @property
     def weights(self) -> torch.Tensor:
@@ -72,7 +120,8 @@ class BernoulliMixture(ZooModel):
 
     def joint_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log pi_k + log p(x | z = k), shape (batch, K)."""
-        log_lik = dist.Bernoulli(logits=self.component_logits).log_prob(x.unsqueeze(-2)).sum(-1)
+        theta = self.component_logits
+        log_lik = x @ theta.t() - F.softplus(theta).sum(-1)  # x . theta_k - sum_i softplus(theta_ki)
         return self.mixing_logits.log_softmax(-1) + log_lik
 
     def log_prob(self, x):
