@@ -115,6 +115,8 @@ class PixelCNN(AutoregressiveBernoulli):
 
     # digits (8x8, 1197 images): see the report of issue 13 for the validation NLL
     fit_defaults = dict(lr=1e-3, epochs=100, batch_size=64)
+    #: traceable (static structure): the engine's fast path may replay its objective
+    static_structure = True
     paper = dict(
         options=dict(channels=16, num_layers=15, head_channels=32),
         recipe=dict(lr=1e-3, batch_size=256, epochs=457, early_stopping=30),

@@ -75,6 +75,8 @@ class VAE2(ImportanceSampled, ZooModel):
     support = "binary"
     # digits (8x8): the defaults train in ~1 min on one thread; see the report of issue 13
     fit_defaults = dict(objective="elbo", lr=1e-3, epochs=300, batch_size=100, num_particles=1)
+    #: traceable (static structure): the engine's fast path may replay its objective
+    static_structure = True
     paper = dict(
         options=dict(latent_dims=(100, 50), hidden=(200, 100), activation="tanh"),
         recipe=dict(objective="elbo", lr=1e-3, batch_size=20, epochs=3280),

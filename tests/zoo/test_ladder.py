@@ -476,3 +476,22 @@ def test_made_mask_draws_resume_exactly(tmp_path):
     assert resumed.resumed_from == 8 and resumed.losses == full.losses
     for (k, v), w in zip(reference.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+def test_mixture_pixel_likelihood_is_bernoulli_to_event_in_every_shape():
+    """BernoulliPixels (the matmul log-density) against Bernoulli(logits).to_event(1): one row per
+    component against a batch (enumeration), elementwise, and after a plate's expand."""
+    import pyro.distributions as dist
+    from zoo.mixture import BernoulliPixels
+
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(5, 1, 7, generator=g, dtype=torch.float64)
+    x = torch.bernoulli(torch.full((4, 7), 0.5, dtype=torch.float64), generator=g)
+    for logits in (theta, theta[:, 0].expand(4, 5, 7).transpose(0, 1), theta[0, 0]):
+        ours = BernoulliPixels(logits).log_prob(x)
+        reference = dist.Bernoulli(logits=logits).to_event(1).log_prob(x)
+        assert ours.shape == reference.shape and torch.allclose(ours, reference)
+    expanded = BernoulliPixels(theta).expand((5, 4))
+    assert expanded.batch_shape == (5, 4) and torch.allclose(
+        expanded.log_prob(x), dist.Bernoulli(logits=theta).to_event(1).expand((5, 4)).log_prob(x))
+    assert expanded.sample().shape == (5, 4, 7)
