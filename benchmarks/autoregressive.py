@@ -78,8 +78,8 @@ def nade_speedup(*, hidden: int = 500, batch_size: int = 128, rounds: int = 3, r
     model = zoo.create("nade", data_dim=n, hidden_size=hidden)
     params = [model.W, model.c, model.V, model.b]
     batch = data[:batch_size]
-    new = hand_nade_loss(*params, batch, len(data))
-    old = hand_nade_loss(*params, batch, len(data), logits_fn=nade_logits_cumsum)
+    new = hand_nade_loss(*params, batch, len(data)).detach()
+    old = hand_nade_loss(*params, batch, len(data), logits_fn=nade_logits_cumsum).detach()
     check = abs(float(new) - float(old)) / abs(float(old))
     assert check < 1e-5, (float(new), float(old))
     opt = torch.optim.Adam(params, lr=1e-3)

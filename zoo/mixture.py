@@ -93,6 +93,16 @@ class BernoulliMixture(ZooModel):
     max_plate_nesting = 1
     # digits: validation NLL 18.2 nats with K = 32 after 300 epochs (~1200 steps)
     fit_defaults = dict(objective="enum", lr=0.05, epochs=300, batch_size=256)
+    #: the published mixture (read by the leaderboard, whose row is "mixture-500"): K = 500,
+    #: fitted by EM in the paper; here by gradient on the enumerated marginal (the one engine)
+    paper = dict(
+        options=dict(num_components=500),
+        recipe=dict(objective="enum", lr=0.02, batch_size=100, epochs=100, early_stopping=10),
+        published=dict(fixed=137.64),
+        citation="Larochelle & Murray 2011, Table 2 (mixture of Bernoullis; K = 500 as the issue states, "
+        "not checked against the paper here)",
+        note="paper: EM; ours: Adam on the exact marginal (z enumerated)",
+    )
 
     def __init__(self, data_dim: int = 64, num_components: int = 32, seed: int = 0):
         super().__init__()
