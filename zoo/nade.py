@@ -218,7 +218,7 @@ class NADELogits(torch.autograd.Function):
             h = torch.addmm(bases[k].index_select(0, img), Xs, WT[s]).sigmoid_()  # (P, H)
             Gs = g[:, s].index_select(0, img).mul_(Ss)  # (P, T): dL/dlogit_t of the row's positions
             torch.mm(Gs.t(), h, out=dV[s])
-            dA = torch.mm(Gs, Vp[s]).mul_(h).mul_(1 - h)  # (P, H)
+            dA = torch.mm(Gs, Vp[s]).mul_(torch.addcmul(h, h, h, value=-1))  # (P, H): dh * h (1 - h)
             torch.addmm(xb.t() @ R, Xs.t(), dA, out=dWT[s])
             if need_x:  # dense: row p = b T + j is position j of image b
                 later = torch.ones(T, T, dtype=dA.dtype, device=dA.device).tril_(-1).repeat(B, 1)  # [j, i] = j > i
