@@ -495,3 +495,33 @@ def test_mixture_pixel_likelihood_is_bernoulli_to_event_in_every_shape():
     assert expanded.batch_shape == (5, 4) and torch.allclose(
         expanded.log_prob(x), dist.Bernoulli(logits=theta).to_event(1).expand((5, 4)).log_prob(x))
     assert expanded.sample().shape == (5, 4, 7)
+
+
+def test_mixture_data_initialisation_happens_once_at_the_first_training_call():
+    x = toy_data(8, 50)
+    model = zoo.create("mixture", data_dim=8, num_components=120, seed=2)
+    random_logits = model.component_logits.detach().clone()
+    model.log_prob(x)  # evaluation does not initialise
+    assert not bool(model.initialised) and torch.equal(model.component_logits, random_logits)
+    TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model.model, model.guide, x)
+    assert bool(model.initialised)
+    probs = model.probs.detach()
+    assert probs.min() >= 0.02 - 1e-6 and probs.max() <= 0.98 + 1e-6
+    # each component is half an image with 10% of its pixels flipped plus half the mean: the flips
+    # make more distinct components than the data has distinct rows
+    image = 2 * probs - x.mean(0)
+    inside = (probs > 0.02 + 1e-6) & (probs < 0.98 - 1e-6)
+    assert torch.all(((image - image.round()).abs() < 1e-4) | ~inside)
+    distinct_rows = len({tuple(r.tolist()) for r in x})
+    assert len({tuple(p.tolist()) for p in probs.round(decimals=4)}) > distinct_rows
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = zoo.create("mixture", data_dim=8, num_components=120, seed=2)
+    fresh.load_state_dict(state)
+    TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(fresh.model, fresh.guide, 1 - x)
+    assert torch.equal(fresh.component_logits, model.component_logits)  # no second initialisation
+    kept = zoo.create("mixture", data_dim=8, num_components=5, init="random")
+    before = kept.component_logits.detach().clone()
+    TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(kept.model, kept.guide, x)
+    assert torch.equal(kept.component_logits, before)
+    with pytest.raises(ValueError, match="init"):
+        zoo.create("mixture", data_dim=8, init="kmeans")
