@@ -7,14 +7,14 @@ for each data point n::
     z1_n | z2_n ~ N(mu_1(z2_n), diag sigma_1(z2_n)^2)         (site "z1")
     x_n | z1_n ~ prod_d Bernoulli(sigmoid(f(z1_n))_d)         (site "x")
 
-with deterministic tanh MLPs between the stochastic layers: ``L2 -> h2 -> h2 -> 2 L1``
+with deterministic MLPs (tanh in the paper) between the stochastic layers: ``L2 -> h2 -> h2 -> 2 L1``
 (mu_1, sigma_1) and ``L1 -> h1 -> h1 -> D`` (the logits f), ``hidden = (h1, h2)``. The
 guide factorises the other way, q(z1, z2 | x) = q(z1 | x) q(z2 | z1), with MLPs
 ``D -> h1 -> h1 -> 2 L1`` and ``L1 -> h2 -> h2 -> 2 L2``. Gaussian scales are
 softplus(. + log(e - 1)) + 1e-4 (1 at a zero pre-activation); the last layers of the
 guide's networks and of mu_1, sigma_1 start at zero, so q and p(z1 | z2) start at N(0, I). The IWAE paper's MNIST architecture
 (its appendix; ``VAE2.paper["options"]``) is 784 - (200, 200) - 100 - (100, 100) - 50, tanh;
-the defaults are smaller (8 and 4 latent units), for small images such as the 8x8 digits.
+the defaults are smaller (8 and 4 latent units, ReLU), for small images such as the 8x8 digits.
 
     p(x) = int int p(x | z1) p(z1 | z2) p(z2) dz1 dz2
 
@@ -69,12 +69,13 @@ class VAE2(ImportanceSampled, ZooModel):
     :param latent_dims: (L1, L2), default (8, 4); the paper's MNIST sizes are (100, 50).
     :param hidden: (h1, h2), the widths of the two deterministic layers between x and z1
         and between z1 and z2, default (64, 32); the paper's are (200, 100).
-    :param str activation: ``"tanh"`` (default, the paper's), ``"relu"`` or ``"softplus"``.
+    :param str activation: ``"relu"`` (default), ``"tanh"`` (the paper's) or ``"softplus"``.
     """
 
     support = "binary"
-    # digits (8x8): the defaults train in ~1 min on one thread; see the report of issue 13
-    fit_defaults = dict(objective="elbo", lr=1e-3, epochs=300, batch_size=100, num_particles=1)
+    # digits (1197 x 64): test NLL 18.1 nats (K = 1000) after 500 epochs, ~3 min on one thread
+    # (tanh: 20.2; tanh at lr 1e-3 for 300 epochs: 24.0)
+    fit_defaults = dict(objective="elbo", lr=3e-3, epochs=500, batch_size=100, num_particles=1)
     #: traceable (static structure): the engine's fast path may replay its objective
     static_structure = True
     paper = dict(
@@ -87,7 +88,7 @@ class VAE2(ImportanceSampled, ZooModel):
         "over 3280 passes; IWAE k=50: objective='iwae', num_particles=50 (82.90 published)",
     )
 
-    def __init__(self, data_dim: int = 64, latent_dims=(8, 4), hidden=(64, 32), activation: str = "tanh"):
+    def __init__(self, data_dim: int = 64, latent_dims=(8, 4), hidden=(64, 32), activation: str = "relu"):
         super().__init__()
         latent_dims, hidden = tuple(latent_dims), tuple(hidden)
         if len(latent_dims) != 2 or len(hidden) != 2:
