@@ -115,8 +115,9 @@ class PixelCNN(AutoregressiveBernoulli):
     :param int seed: seeds the initial weights.
     """
 
-    # digits (8x8, 1197 images): see the report of issue 13 for the validation NLL
-    fit_defaults = dict(lr=1e-3, epochs=100, batch_size=64)
+    # digits (1197 x 64): validation NLL 18.2 nats, test 19.0, after 100 epochs (~2.5 min on one
+    # thread; lr 1e-3: 19.0 / 19.5). Below NADE and MADE there: 8x8 is small for 7x7 kernels.
+    fit_defaults = dict(lr=3e-3, epochs=100, batch_size=64)
     #: traceable (static structure): the engine's fast path may replay its objective
     static_structure = True
     paper = dict(
