@@ -164,17 +164,25 @@ class MADE(AutoregressiveBernoulli):
         with data_plate(x, num_data):
             return pyro.sample("x", dist.Bernoulli(logits=self.net(x, k)).to_event(1), obs=x)
 
-    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """log p_k(x) for each mask k, shape (K, batch)."""
+    def component_log_probs(self, x: torch.Tensor, num_masks: int | None = None) -> torch.Tensor:
+        """log p_k(x) for masks k = 0..m-1 (m = ``num_masks``, default all K), shape (m, batch)."""
+        m = self.num_masks if num_masks is None else num_masks
         return torch.stack(
-            [-F.binary_cross_entropy_with_logits(self.net(x, k), x, reduction="none").sum(-1) for k in range(self.num_masks)]
+            [-F.binary_cross_entropy_with_logits(self.net(x, k), x, reduction="none").sum(-1) for k in range(m)]
         )
 
-    def log_prob(self, x):
+    def log_prob(self, x, num_masks: int | None = None):
+        """log p(x) of the ensemble of the first ``num_masks`` masks (default: all K, the
+        model's density), logsumexp_k log p_k(x) - log m: each choice is an exact, normalised
+        mixture (``num_masks=1``: mask 0 alone, Germain et al.'s "1 mask" evaluation of a model
+        trained with several)."""
+        m = self.num_masks if num_masks is None else num_masks
+        if isinstance(m, bool) or int(m) != m or not 1 <= int(m) <= self.num_masks:
+            raise ValueError(f"num_masks must be an integer in 1..{self.num_masks}, got {num_masks!r}")
         if self.num_masks == 1:
             return super().log_prob(x)
         self.check_data(x)
-        return self._log_prob_values(x)
+        return self.component_log_probs(x, int(m)).logsumexp(0) - math.log(int(m))
 
     def _log_prob_values(self, x):
         return self.component_log_probs(x).logsumexp(0) - math.log(self.num_masks)

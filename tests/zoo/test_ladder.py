@@ -524,3 +524,15 @@ def test_mixture_data_initialisation_happens_once_at_the_first_training_call():
     assert torch.equal(kept.component_logits, before)
     with pytest.raises(ValueError, match="init"):
         zoo.create("mixture", data_dim=8, init="kmeans")
+
+
+def test_made_ensemble_of_the_first_masks_is_normalised():
+    n = 6
+    model = randomise(MADE(n, hidden_sizes=(12,), num_masks=5, order_agnostic=True, seed=1), 0.5)
+    x = states(n)
+    for m in (1, 2, 5):
+        assert model.log_prob(x, num_masks=m).double().exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(model.log_prob(x, num_masks=5), model.log_prob(x))
+    assert torch.allclose(model.log_prob(x, num_masks=1), model.component_log_probs(x)[0])
+    with pytest.raises(ValueError, match="num_masks"):
+        model.log_prob(x, num_masks=6)
