@@ -109,8 +109,8 @@ def nade_logits_cumsum(xo: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: to
     return logits.squeeze(-1).t()
 
 
-#: pixels per block of :class:`NADELogits`
-BLOCK = 32
+#: pixels per block of :class:`NADELogits` (16 and 32 measured alike at 784-500, batch 128; 16 a little faster)
+BLOCK = 16
 
 
 def nade_logits(xo: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor, b: torch.Tensor,
