@@ -1,12 +1,14 @@
-"""NADE and MADE: one ``inference.fit`` step against a hand-written PyTorch step.
+"""NADE and MADE: one ``inference.fit`` step against a hand-written PyTorch step; NADE's
+O(nH) recurrence against its former cumulative-sum formulation and the FLOP floor.
 
 Both sides hold the same weights (copied), take the same minibatch and the same Adam
 update on the same objective, the exact negative log-likelihood of the minibatch scaled to
 the data set, -(N/B) sum_n log p(x_n) (the ELBO of a fully observed model with the empty
 guide):
 
-* NADE 784-500 (tied weights, sigmoid hidden units): all 784 conditionals from one
-  cumulative sum of hidden pre-activations, O(nH) per image;
+* NADE 784-500 (tied weights, sigmoid hidden units): all 784 conditionals by
+  :func:`zoo.nade.nade_logits` (the blocked recurrence, a custom autograd function), the
+  same computation in the engine and in the hand-written loop;
 * MADE 784-500-784 (one masked ReLU layer, one mask).
 
 The engine's step is what ``fit`` runs per step (learning-rate schedule, minibatch
@@ -16,7 +18,16 @@ Pyro objective traced once and replayed) and with plain Pyro (``elbo``). The bas
 the loss written with ``torch.nn.functional``. Before timing, both losses are checked equal.
 Data: synthetic binary images (timing does not depend on pixel values), batch 128.
 
+:func:`nade_speedup` times one hand-written NADE step (784-500, batch 128) with
+:func:`zoo.nade.nade_logits` against the same step with the former formulation
+(:func:`zoo.nade.nade_logits_cumsum`: an (n, B, H) cumulative sum differentiated by autograd),
+interleaved, on binarized MNIST when it is present (else synthetic images), and against the
+FLOP floor: 6 multiply-adds per (pixel, image, hidden unit) (forward: a += W x, logit += V h;
+backward: dV, dh = g V, dW, the running sum of da) at this machine's matmul peak measured in
+the same run.
+
     python -m benchmarks.autoregressive [--quick] [--threads 2] [--models nade made] [--rounds 7 --repeat 5]
+    python -m benchmarks.autoregressive --nade-speedup --threads 1
 """
 from __future__ import annotations
 
@@ -29,16 +40,81 @@ import inference
 import zoo
 from benchmarks.common import interleaved, table
 from inference.loop import batch_indices, lr_at
+from zoo.nade import nade_logits, nade_logits_cumsum
 
 OBJECTIVES = ("jit_elbo", "elbo")
 
 
-def hand_nade_loss(W, c, V, b, batch, num_data):
-    """NADE's negative log-likelihood in plain PyTorch (natural ordering)."""
-    shifted = F.pad(batch[:, :-1], (1, 0)).t()  # (n, B): x_{t-1} at position t
-    a = torch.cumsum(shifted.unsqueeze(-1) * F.pad(W, (1, 0)).t().unsqueeze(1), dim=0).add_(c)  # (n, B, H)
-    logits = torch.baddbmm(b.view(-1, 1, 1), torch.sigmoid(a), V.unsqueeze(-1)).squeeze(-1).t()
+def hand_nade_loss(W, c, V, b, batch, num_data, logits_fn=None):
+    """NADE's negative log-likelihood in plain PyTorch (natural ordering), with
+    :func:`zoo.nade.nade_logits` (or ``logits_fn``, e.g. the former cumulative sum)."""
+    logits = (logits_fn or nade_logits)(batch, W, c, V, b)
     return (num_data / batch.shape[0]) * F.binary_cross_entropy_with_logits(logits, batch, reduction="sum")
+
+
+def nade_floor_flops(n: int, batch: int, hidden: int) -> int:
+    """The FLOP floor of one NADE training step: 6 multiply-adds per (pixel, image, hidden unit)."""
+    return 2 * 6 * n * batch * hidden
+
+
+def nade_speedup(*, hidden: int = 500, batch_size: int = 128, rounds: int = 3, repeat: int = 2,
+                 data: torch.Tensor | None = None) -> dict:
+    """One NADE step (loss, backward, Adam) with the recurrence vs the former cumulative sum
+    on the same weights and batches, interleaved; and the step against the FLOP floor."""
+    from benchmarks.suite import matmul_peak_gflops
+
+    if data is None:
+        try:
+            data = zoo.load("binarized_mnist", "train").x[:2048]
+            source = "binarized MNIST"
+        except (zoo.DataError, OSError):
+            g = torch.Generator().manual_seed(0)
+            data = torch.bernoulli(torch.full((2048, 784), 0.13), generator=g)
+            source = "synthetic Bernoulli(0.13) images"
+    else:
+        source = "given images"
+    n = data.shape[1]
+    torch.manual_seed(0)
+    model = zoo.create("nade", data_dim=n, hidden_size=hidden)
+    params = [model.W, model.c, model.V, model.b]
+    batch = data[:batch_size]
+    new = hand_nade_loss(*params, batch, len(data)).detach()
+    old = hand_nade_loss(*params, batch, len(data), logits_fn=nade_logits_cumsum).detach()
+    check = abs(float(new) - float(old)) / abs(float(old))
+    assert check < 1e-5, (float(new), float(old))
+    opt = torch.optim.Adam(params, lr=1e-3)
+    state = {"step": 0}
+
+    def step(fn):
+        def run():
+            i = state["step"] % (len(data) // batch_size)
+            state["step"] += 1
+            loss = hand_nade_loss(*params, data[i * batch_size : (i + 1) * batch_size], len(data), logits_fn=fn)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return run
+
+    t = interleaved({"recurrence": step(nade_logits), "cumulative sum": step(nade_logits_cumsum)},
+                    rounds=rounds, repeat=repeat, warmup=1)
+    peak = matmul_peak_gflops(torch.device("cpu"), n=1024)
+    floor = nade_floor_flops(n, batch_size, hidden) / (peak * 1e9)
+    return {
+        "model": f"NADE {n}-{hidden} (batch {batch_size}, {source})",
+        "recurrence ms/step": 1e3 * t["recurrence"],
+        "cumulative sum ms/step": 1e3 * t["cumulative sum"],
+        "speed-up": t["cumulative sum"] / t["recurrence"],
+        "floor ms/step": 1e3 * floor,
+        "x floor": t["recurrence"] / floor,
+        "GFLOP floor": nade_floor_flops(n, batch_size, hidden) / 1e9,
+        "matmul peak GFLOP/s": peak,
+        "loss check (rel. diff)": check,
+        "threads": torch.get_num_threads(),
+    }
+
+
+SPEEDUP_COLUMNS = ["model", "threads", "recurrence ms/step", "cumulative sum ms/step", "speed-up", "floor ms/step",
+                   "x floor", "matmul peak GFLOP/s"]
 
 
 def hand_made_loss(weights, biases, masks, batch, num_data):
@@ -115,9 +191,17 @@ def main(argv=None) -> str:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
     parser.add_argument("--repeat", type=int, default=5, help="steps per round")
+    parser.add_argument("--nade-speedup", action="store_true",
+                        help="only NADE's recurrence vs its former cumulative sum and the FLOP floor")
     args = parser.parse_args(argv)
     rounds, repeat = (3, 2) if args.quick else (args.rounds, args.repeat)
     torch.set_num_threads(args.threads)
+    if args.nade_speedup:
+        row = nade_speedup(hidden=args.hidden, batch_size=args.batch_size, rounds=rounds, repeat=repeat)
+        out = table([row], SPEEDUP_COLUMNS)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds} interleaved rounds of {repeat} steps, medians\n")
+        print(out)
+        return out
     g = torch.Generator().manual_seed(0)
     data = torch.bernoulli(torch.full((10_000, 784), 0.13), generator=g)
     rows = []

@@ -33,6 +33,8 @@ _MODELS: dict[str, object] = {
     "rgb_pixel": "zoo.rgb_pixel:RGBPixel",
     "gan": "zoo.gan:GAN",
     "vae": "zoo.vae:VAE",
+    "vae2": "zoo.vae2:VAE2",
+    "pixelcnn": "zoo.pixelcnn:PixelCNN",
     "autoencoder": "zoo.autoencoder:Autoencoder",
 }
 

@@ -45,13 +45,14 @@ import math
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
+from pyro.poutine.util import site_is_subsample
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from zoo.base import ZooModel, data_plate
 
-__all__ = ["VAE", "mlp"]
+__all__ = ["ImportanceSampled", "VAE", "mlp"]
 
 _SOFTPLUS_INV_1 = math.log(math.e - 1)
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
@@ -82,7 +83,93 @@ def check_sizes(data_dim, latent_dim, hidden) -> tuple[int, int, tuple[int, ...]
     return int(data_dim), int(latent_dim), tuple(int(h) for h in hidden)
 
 
-class VAE(ZooModel):
+class ImportanceSampled:
+    """Importance-sampled ``log_prob`` and ELBO for a latent-variable zoo model (mixin).
+
+    Uses only the model's ``model`` and ``guide`` (any number of latent sites), and
+    :meth:`_widest`, the widest layer (for chunking). The class attributes
+    ``default_num_samples``, ``max_elements`` and ``max_rows`` set K and the chunk size.
+    """
+
+    #: log_prob is a Monte Carlo estimate (exp(log_prob) sums to 1 only in expectation)
+    exact_density = False
+    #: K of the importance-sampled log_prob when none is given
+    default_num_samples = 1000
+    #: log_prob evaluates (data points x particles) in chunks of at most this many values
+    #: of the widest layer (2^21 floats, 8 MiB per activation): small chunks stay in cache
+    #: and bound memory whatever K is (784-400-20: 2675 rows per chunk)
+    max_elements = 2**21
+    #: or an explicit number of rows per chunk (None: from max_elements)
+    max_rows: int | None = None
+    last_num_samples: int | None = None
+
+    def _widest(self) -> int:
+        raise NotImplementedError
+
+    def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """log p(x, z_k) - log q(z_k | x) for z_k ~ q(z | x): shape ``(K, batch)``.
+
+        Computed from traces of the guide and of the model replayed on it, under a
+        vectorised ``particles`` plate, so it is exactly the program that is trained; every
+        sample site counts (x and all latent layers), except the plates' subsample sites.
+        """
+        with torch.no_grad(), pyro.plate("particles", int(num_samples), dim=-2):
+            guide_trace = poutine.trace(self.guide).get_trace(x)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x)
+        log_w = 0.0
+        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+            for site in trace.nodes.values():
+                if site["type"] == "sample" and not site_is_subsample(site):
+                    log_w = log_w + sign * site["fn"].log_prob(site["value"])
+        return log_w.expand(int(num_samples), x.shape[0])
+
+    @torch.no_grad()
+    def log_prob(self, x: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
+        """Importance-sampled log p(x), shape ``(batch,)``, nats.
+
+        ``log (1/K) sum_k p(x, z_k) / q(z_k | x)`` with K = ``num_samples`` draws z_k from
+        the guide (default :attr:`default_num_samples` = 1000). Particles are vectorised in
+        chunks of (data points x particles) rows whose activations hold at most
+        :attr:`max_elements` values (or :attr:`max_rows` rows), so memory is bounded
+        whatever K is. A stochastic lower bound in expectation (the IWAE bound),
+        consistent as K grows.
+        """
+        self.check_data(x)
+        K = self.default_num_samples if num_samples is None else num_samples
+        if isinstance(K, bool) or int(K) != K or int(K) < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        K = int(K)
+        self.last_num_samples = K
+        out = []
+        max_rows = self._rows_per_chunk()
+        rows = max(max_rows // K, 1)
+        for xb in x.split(rows) if len(x) else [x]:
+            per_chunk = max(max_rows // max(len(xb), 1), 1)
+            chunks = [self.log_weights(xb, min(per_chunk, K - start)) for start in range(0, K, per_chunk)]
+            out.append(torch.logsumexp(torch.cat(chunks, 0), 0) - math.log(K))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def elbo(self, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
+        """Monte Carlo ELBO E_q[log p(x, z) - log q(z | x)] per row, shape ``(batch,)``."""
+        self.check_data(x)
+        rows = max(self._rows_per_chunk() // num_samples, 1)
+        return torch.cat([self.log_weights(xb, num_samples).mean(0) for xb in x.split(rows)])
+
+    def _rows_per_chunk(self) -> int:
+        if self.max_rows is not None:
+            return int(self.max_rows)
+        return max(self.max_elements // self._widest(), 1)
+
+    def evaluation_metrics(self, x: torch.Tensor) -> dict:
+        """The ELBO (nats per example, a lower bound on log p(x); 100 draws per example)."""
+        metrics = {"elbo": float(self.elbo(x).mean()), "elbo_num_samples": 100}
+        if self.last_num_samples is not None:
+            metrics["nll_num_samples"] = self.last_num_samples
+        return metrics
+
+
+class VAE(ImportanceSampled, ZooModel):
     """Variational autoencoder with a Bernoulli decoder and a Gaussian encoder (guide).
 
     :param int data_dim: D, the number of binary pixels.
@@ -96,16 +183,6 @@ class VAE(ZooModel):
     # digits (1197 x 64): 5500 steps, ~15 s on one CPU thread; test NLL ~16.9 nats (K=1000)
     static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(objective="elbo", lr=3e-3, epochs=500, batch_size=100, num_particles=1)
-    #: log_prob is a Monte Carlo estimate (exp(log_prob) sums to 1 only in expectation)
-    exact_density = False
-    #: K of the importance-sampled log_prob when none is given
-    default_num_samples = 1000
-    #: log_prob evaluates (data points x particles) in chunks of at most this many values
-    #: of the widest layer (2^21 floats, 8 MiB per activation): small chunks stay in cache
-    #: and bound memory whatever K is (784-400-20: 2675 rows per chunk)
-    max_elements = 2**21
-    #: or an explicit number of rows per chunk (None: from max_elements)
-    max_rows: int | None = None
 
     def __init__(self, data_dim: int = 64, latent_dim: int = 8, hidden=(256,), activation: str = "relu"):
         super().__init__()
@@ -163,67 +240,8 @@ class VAE(ZooModel):
             loc, scale = self.encode(x)
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    # ----- density and simulation -------------------------------------------------
-    def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """log p(x, z_k) - log q(z_k | x) for z_k ~ q(z | x): shape ``(K, batch)``.
-
-        Computed from traces of the guide and of the model replayed on it, under a
-        vectorised ``particles`` plate, so it is exactly the program that is trained.
-        """
-        with torch.no_grad(), pyro.plate("particles", int(num_samples), dim=-2):
-            guide_trace = poutine.trace(self.guide).get_trace(x)
-            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x)
-        log_w = 0.0
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for name, site in trace.nodes.items():
-                if site["type"] == "sample" and name in ("x", "z"):
-                    log_w = log_w + sign * site["fn"].log_prob(site["value"])
-        return log_w.expand(int(num_samples), x.shape[0])
-
-    @torch.no_grad()
-    def log_prob(self, x: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
-        """Importance-sampled log p(x), shape ``(batch,)``, nats.
-
-        ``log (1/K) sum_k p(x, z_k) / q(z_k | x)`` with K = ``num_samples`` draws z_k from
-        the guide (default :attr:`default_num_samples` = 1000). Particles are vectorised in
-        chunks of (data points x particles) rows whose activations hold at most
-        :attr:`max_elements` values (or :attr:`max_rows` rows), so memory is bounded
-        whatever K is. A stochastic lower bound in expectation (the IWAE bound),
-        consistent as K grows.
-        """
-        self.check_data(x)
-        K = self.default_num_samples if num_samples is None else num_samples
-        if isinstance(K, bool) or int(K) != K or int(K) < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        K = int(K)
-        self.last_num_samples = K
-        out = []
-        max_rows = self._rows_per_chunk()
-        rows = max(max_rows // K, 1)
-        for xb in x.split(rows) if len(x) else [x]:
-            per_chunk = max(max_rows // max(len(xb), 1), 1)
-            chunks = [self.log_weights(xb, min(per_chunk, K - start)) for start in range(0, K, per_chunk)]
-            out.append(torch.logsumexp(torch.cat(chunks, 0), 0) - math.log(K))
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def elbo(self, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
-        """Monte Carlo ELBO E_q[log p(x, z) - log q(z | x)] per row, shape ``(batch,)``."""
-        self.check_data(x)
-        rows = max(self._rows_per_chunk() // num_samples, 1)
-        return torch.cat([self.log_weights(xb, num_samples).mean(0) for xb in x.split(rows)])
-
-    def _rows_per_chunk(self) -> int:
-        if self.max_rows is not None:
-            return int(self.max_rows)
-        return max(self.max_elements // max(self.data_dim, 2 * self.latent_dim, *self.hidden), 1)
-
-    def evaluation_metrics(self, x: torch.Tensor) -> dict:
-        """The ELBO (nats per example, a lower bound on log p(x); 100 draws per example)."""
-        metrics = {"elbo": float(self.elbo(x).mean()), "elbo_num_samples": 100}
-        if self.last_num_samples is not None:
-            metrics["nll_num_samples"] = self.last_num_samples
-        return metrics
+    def _widest(self) -> int:
+        return max(self.data_dim, 2 * self.latent_dim, *self.hidden)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:

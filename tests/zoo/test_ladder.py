@@ -40,9 +40,11 @@ VARIANTS = [
     ("made", {"hidden_sizes": (16, 16), "ordering": "random", "seed": 2}),
     ("made", {"hidden_sizes": (16,), "num_masks": 3, "order_agnostic": True}),
     ("mixture", {"num_components": 3}),
+    ("pixelcnn", {"channels": 4, "num_layers": 2, "head_channels": 6}),
+    ("pixelcnn", {"channels": 6, "num_layers": 1, "head_channels": 3, "first_kernel": 3, "kernel": 5}),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in opts.items()) or 'default'}" for name, opts in VARIANTS]
-AUTOREGRESSIVE = [(n, o) for n, o in VARIANTS if n in ("fvsbn", "nade", "made")]
+AUTOREGRESSIVE = [(n, o) for n, o in VARIANTS if n in ("fvsbn", "nade", "made", "pixelcnn")]
 
 
 def states(n):
@@ -135,9 +137,10 @@ def test_autoregressive_property_by_gradient(name, options):
             (grad,) = torch.autograd.grad(logits[:, i].sum(), x, retain_graph=True)
             later = ordering[t:]
             assert torch.all(grad[:, later] == 0), f"output {i} (position {t}) sees itself or a later pixel"
-            if name != "made":  # FVSBN and NADE: every earlier pixel matters
+            if name in ("fvsbn", "nade"):  # every earlier pixel matters (not so for MADE's masks
+                # or PixelCNN's receptive field)
                 assert torch.all(grad[:, ordering[:t]] != 0)
-        # MADE: the last pixel in the ordering depends on some earlier one
+        # MADE, PixelCNN: the last pixel in the ordering depends on some earlier one
         (grad,) = torch.autograd.grad(logits[:, ordering[-1]].sum(), x)
         assert grad.abs().sum() > 0
 
@@ -340,3 +343,196 @@ def test_bad_input_raises_clear_errors():
             model.log_prob(torch.zeros(2, 4))
         with pytest.raises(zoo.DataError, match="binary"):
             inference.fit(model, torch.full((4, 3), 2.0), steps=1, progress=False)
+
+
+# ----- NADE's O(nH) recurrence -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("B,n,H,block", [(5, 7, 3, 3), (30, 33, 5, 4), (64, 50, 7, 8), (9, 40, 6, 32), (2, 1, 3, 16)])
+@pytest.mark.parametrize("binary", [True, False])
+def test_nade_recurrence_gives_the_cumulative_sum_formulation_and_its_gradients(B, n, H, block, binary):
+    """NADELogits (blocked forward, reverse-recurrence backward) against autograd through the
+    former cumulative-sum formulation, float64, on binary x (the sparse state path) and on
+    real-valued x with its gradient wanted (the dense path)."""
+    from zoo.nade import nade_logits, nade_logits_cumsum
+
+    g = torch.Generator().manual_seed(B * n + H)
+    x = torch.bernoulli(torch.full((B, n), 0.3, dtype=torch.float64), generator=g)
+    if not binary:
+        x = torch.rand(B, n, dtype=torch.float64, generator=g).requires_grad_()
+    params = [torch.randn(shape, dtype=torch.float64, generator=g).requires_grad_()
+              for shape in ((H, n - 1), (H,), (n, H), (n,))]
+    upstream = torch.randn(B, n, dtype=torch.float64, generator=g)
+    wrt = params + ([x] if not binary else [])
+    fast = nade_logits(x, *params, block=block)
+    slow = nade_logits_cumsum(x, *params)
+    assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad((fast * upstream).sum(), wrt), torch.autograd.grad((slow * upstream).sum(), wrt)):
+        assert torch.allclose(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_nade_loss_and_gradients_at_mnist_size_match_the_former_formulation():
+    """784-50 on binary images, float32, through the engine's objective: same loss and gradients."""
+    from zoo.nade import nade_logits_cumsum
+
+    n = 784
+    model = zoo.create("nade", data_dim=n, hidden_size=50, ordering="random", seed=3)
+    x = torch.bernoulli(torch.full((16, n), 0.15), generator=torch.Generator().manual_seed(0))
+    loss = Trace_ELBO().differentiable_loss(model.model, model.guide, x)
+    grads = torch.autograd.grad(loss, [model.W, model.c, model.V, model.b])
+    logits = model._from_ordering(nade_logits_cumsum(model._to_ordering(x), model.W, model.c, model.V, model.b))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    ref_grads = torch.autograd.grad(ref, [model.W, model.c, model.V, model.b])
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+# ----- PixelCNN on 2-D images --------------------------------------------------------------
+
+
+def test_pixelcnn_is_normalised_on_a_3x3_image_and_its_sampler_agrees():
+    model = randomise(zoo.create("pixelcnn", data_dim=9, channels=4, num_layers=2, head_channels=4), 0.5)
+    assert model.image_shape == (3, 3)
+    assert model.log_prob(states(9)).double().exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    small = randomise(zoo.create("pixelcnn", data_dim=6, image_shape=(2, 3), channels=4, num_layers=1), 0.7)
+    num = 20_000
+    samples = small.sample(num)
+    index = (samples.long() * 2 ** torch.arange(5, -1, -1)).sum(-1)
+    freq = torch.bincount(index, minlength=64).double() / num
+    probs = small.log_prob(states(6)).double().exp()
+    assert probs.sum().item() == pytest.approx(1.0, abs=1e-5) and probs.max() < 0.9
+    # E[TV] <= 0.5 sqrt(64 / 20000) ~ 0.028; 0.06 leaves room for chance
+    assert 0.5 * (freq - probs).abs().sum().item() < 0.06
+
+
+@pytest.mark.parametrize("first_kernel,kernel,layers", [(7, 3, 2), (3, 3, 3), (5, 5, 1)])
+def test_pixelcnn_autoregressive_in_raster_order_by_gradient(first_kernel, kernel, layers):
+    """Output (r, c) sees no pixel at or after (r, c) in raster order; and it does see its left
+    neighbour and the pixel above (the receptive field grows as in the paper)."""
+    H, W = 5, 4
+    model = randomise(zoo.create("pixelcnn", data_dim=H * W, image_shape=(H, W), channels=4, num_layers=layers,
+                                 first_kernel=first_kernel, kernel=kernel), 0.5)
+    x = torch.rand(2, H * W, requires_grad=True)
+    logits = model.conditional_logits(x)
+    for i in range(H * W):
+        (grad,) = torch.autograd.grad(logits[:, i].sum(), x, retain_graph=True)
+        assert torch.all(grad[:, i:] == 0), f"pixel {i} sees itself or a later pixel"
+        r, c = divmod(i, W)
+        if c > 0:
+            assert torch.all(grad[:, i - 1] != 0)
+        if r > 0:
+            assert torch.all(grad[:, i - W] != 0)
+
+
+def test_pixelcnn_parameter_count_is_the_formula_and_masked_taps_get_no_gradient():
+    from zoo.pixelcnn import MaskedConv2d
+
+    model = zoo.create("pixelcnn", data_dim=16, channels=6, num_layers=3, head_channels=5, first_kernel=5, kernel=3)
+    C, Ch, L, h, m_a, m_b = 6, 5, 3, 3, (25 - 1) // 2, (9 + 1) // 2
+    assert model.num_parameters() == C * (m_a + 1) + L * (2 * C * h + h * h * m_b + 2 * h + C) + (C + 1) * Ch + (Ch + 1)
+    model.log_prob(toy_data(16, 8)).sum().backward()
+    connected = 0
+    for m in model.modules():
+        if isinstance(m, MaskedConv2d):
+            assert torch.all(m.weight.grad[m.mask == 0] == 0)
+            connected += m.num_connected()
+        elif isinstance(m, torch.nn.Conv2d):
+            connected += sum(p.numel() for p in m.parameters())
+    assert connected == model.num_parameters()
+    assert zoo.create("pixelcnn", data_dim=784).image_shape == (28, 28)
+    with pytest.raises(ValueError, match="image_shape"):
+        zoo.create("pixelcnn", data_dim=10, image_shape=(3, 3))
+    with pytest.raises(ValueError, match="even"):
+        zoo.create("pixelcnn", data_dim=4, channels=5)
+    with pytest.raises(ValueError, match="odd"):
+        zoo.create("pixelcnn", data_dim=4, kernel=4)
+
+
+def test_made_mask_draws_resume_exactly(tmp_path):
+    """The mask of each step comes from the generator that fit seeds and checkpoints, so a run
+    killed between checkpoints and resumed trains on the same masks as an uninterrupted one."""
+    from inference.loop import CHECKPOINT
+
+    x = toy_data(6, 64)
+    settings = dict(steps=12, batch_size=16, lr=0.05, checkpoint_every=4, progress=False, seed=3)
+    options = dict(hidden_sizes=(8,), num_masks=4, order_agnostic=True)
+    reference = MADE(6, **options)
+    full = inference.fit(reference, x, run_dir=tmp_path / "a", **settings)
+
+    model = MADE(6, **options)
+    calls = {"n": 0}
+
+    def crash_at_10(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        inference.fit(model, x, run_dir=tmp_path / "b", guide=crash_at_10, **settings)
+    assert inference.load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 8
+    fresh = MADE(6, **options)
+    resumed = inference.fit(fresh, x, run_dir=tmp_path / "b", **settings)
+    assert resumed.resumed_from == 8 and resumed.losses == full.losses
+    for (k, v), w in zip(reference.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_mixture_pixel_likelihood_is_bernoulli_to_event_in_every_shape():
+    """BernoulliPixels (the matmul log-density) against Bernoulli(logits).to_event(1): one row per
+    component against a batch (enumeration), elementwise, and after a plate's expand."""
+    import pyro.distributions as dist
+    from zoo.mixture import BernoulliPixels
+
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(5, 1, 7, generator=g, dtype=torch.float64)
+    x = torch.bernoulli(torch.full((4, 7), 0.5, dtype=torch.float64), generator=g)
+    for logits in (theta, theta[:, 0].expand(4, 5, 7).transpose(0, 1), theta[0, 0]):
+        ours = BernoulliPixels(logits).log_prob(x)
+        reference = dist.Bernoulli(logits=logits).to_event(1).log_prob(x)
+        assert ours.shape == reference.shape and torch.allclose(ours, reference)
+    expanded = BernoulliPixels(theta).expand((5, 4))
+    assert expanded.batch_shape == (5, 4) and torch.allclose(
+        expanded.log_prob(x), dist.Bernoulli(logits=theta).to_event(1).expand((5, 4)).log_prob(x))
+    assert expanded.sample().shape == (5, 4, 7)
+
+
+def test_mixture_data_initialisation_happens_once_at_the_first_training_call():
+    x = toy_data(8, 50)
+    model = zoo.create("mixture", data_dim=8, num_components=120, seed=2)
+    random_logits = model.component_logits.detach().clone()
+    model.log_prob(x)  # evaluation does not initialise
+    assert not bool(model.initialised) and torch.equal(model.component_logits, random_logits)
+    TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model.model, model.guide, x)
+    assert bool(model.initialised)
+    probs = model.probs.detach()
+    assert probs.min() >= 0.02 - 1e-6 and probs.max() <= 0.98 + 1e-6
+    # each component is near (image + mean) / 2 for a row of the minibatch, and the noise makes
+    # more distinct components than the data has distinct rows
+    targets = (0.5 * x + 0.5 * x.mean(0)).clamp(0.02, 0.98)  # (rows, n)
+    assert ((probs.unsqueeze(1) - targets).abs().amax(-1).amin(-1) < 0.05).all()
+    distinct_rows = len({tuple(r.tolist()) for r in x})
+    assert len({tuple(p.tolist()) for p in probs.round(decimals=4)}) > distinct_rows
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = zoo.create("mixture", data_dim=8, num_components=120, seed=2)
+    fresh.load_state_dict(state)
+    TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(fresh.model, fresh.guide, 1 - x)
+    assert torch.equal(fresh.component_logits, model.component_logits)  # no second initialisation
+    kept = zoo.create("mixture", data_dim=8, num_components=5, init="random")
+    before = kept.component_logits.detach().clone()
+    TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(kept.model, kept.guide, x)
+    assert torch.equal(kept.component_logits, before)
+    with pytest.raises(ValueError, match="init"):
+        zoo.create("mixture", data_dim=8, init="kmeans")
+
+
+def test_made_ensemble_of_the_first_masks_is_normalised():
+    n = 6
+    model = randomise(MADE(n, hidden_sizes=(12,), num_masks=5, order_agnostic=True, seed=1), 0.5)
+    x = states(n)
+    for m in (1, 2, 5):
+        assert model.log_prob(x, num_masks=m).double().exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(model.log_prob(x, num_masks=5), model.log_prob(x))
+    assert torch.allclose(model.log_prob(x, num_masks=1), model.component_log_probs(x)[0])
+    with pytest.raises(ValueError, match="num_masks"):
+        model.log_prob(x, num_masks=6)
