@@ -4,7 +4,7 @@
     zoo train MODEL --data NAME [--objective OBJ] [--steps N | --epochs N] [--out DIR] [-o key=value ...]
     zoo evaluate RUN_DIR
     zoo sample RUN_DIR [-n 64]
-    zoo experiment NAME [--out DIR] [--set key=value ...]     (= python -m experiments NAME)
+    zoo experiment NAME [--out DIR] [--set key=value ...] [--key value ...]   (= python -m experiments NAME)
     zoo compare RUN_DIR... [--out DIR] [--names A B ...]
 
 Errors in the input (unknown names, bad options, bad or missing files, bad data) print
@@ -68,6 +68,8 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="model option, e.g. -o hidden=[500]")
     t.add_argument("--restart", action="store_true", help="start over instead of resuming")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--eval", default="all", choices=["none", "nll", "all"],
+                   help="after training: NLL and sample metrics (all, default), NLL only, or none")
 
     e = sub.add_parser("evaluate", help="evaluate a run folder's model on the test split")
     e.add_argument("run_dir")
@@ -93,7 +95,11 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv=None, prog: str | None = None) -> int:
-    args = _parser(prog).parse_args(argv)
+    parser = _parser(prog)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "experiment":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # an experiment's config keys as flags: --budget-minutes 5 = --set budget_minutes=5
     try:
         return _COMMANDS[args.command](args) or 0
     except KeyboardInterrupt as e:
@@ -125,7 +131,7 @@ def _train(args):
         binarize=args.binarize, objective=args.objective, steps=args.steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, num_particles=args.num_particles,
         early_stopping=args.early_stopping, seed=args.seed, device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress, eval=args.eval,
     )
     out = Path(args.out or f"runs/{args.model}-{args.data}-seed{args.seed}")
     metrics = train_and_evaluate(config, out, resume=not args.restart)
@@ -159,7 +165,7 @@ def _experiment(args):
     import experiments
 
     module = experiments.get(args.name)
-    config = {**module.CONFIG, **(module.TINY if args.tiny else {}), **_pairs(args.set)}
+    config = {**module.CONFIG, **(module.TINY if args.tiny else {}), **_pairs(args.set), **_flags(args.extra)}
     unknown = set(config) - set(module.CONFIG)
     if unknown:
         raise ValueError(f"unknown config keys for {args.name}: {sorted(unknown)}; known: {sorted(module.CONFIG)}")
@@ -171,6 +177,22 @@ def _experiment(args):
     print(f"outputs: {out}")
 
 
+def _flags(items) -> dict:
+    """``--key-name VALUE`` pairs (or ``--key-name=VALUE``) as config entries ``{"key_name": value}``."""
+    out, items = {}, list(items or [])
+    while items:
+        flag = items.pop(0)
+        name, sep, value = flag.partition("=")
+        if not name.startswith("--") or len(name) < 3:
+            raise ValueError(f"expected --key value, got {flag!r}")
+        if not sep:
+            if not items:
+                raise ValueError(f"{flag} needs a value")
+            value = items.pop(0)
+        out[name[2:].replace("-", "_")] = _value(value)
+    return out
+
+
 def _compare(args):
     result = inference.compare_runs(args.run_dirs, Path(args.out or "runs/compare"), names=args.names)
     print(result["table"].read_text(), end="")
@@ -179,7 +201,7 @@ def _compare(args):
 
 
 def _print_metrics(metrics: dict):
-    test = metrics["test"]
+    test = metrics.get("test") or {}
     print(f"{metrics['model']} on {metrics['data']}: {metrics['num_parameters']} parameters, "
           f"{metrics['steps']} steps, {metrics['train_seconds']:.1f} s")
     for k, v in test.items():

@@ -46,7 +46,11 @@ CONFIG = dict(
     seed=0,
     device="cpu",
     progress=True,
+    eval="all",  # after training: "all" (NLL + sample quality), "nll" (valid/test NLL) or "none"
+    eval_options={},  # model.log_prob options of the evaluation, e.g. {"num_samples": 5000}
 )
+
+EVAL_LEVELS = ("none", "nll", "all")
 
 FIT_KEYS = ("objective", "steps", "epochs", "batch_size", "lr", "num_particles", "early_stopping")
 
@@ -57,6 +61,8 @@ def resolve(config: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(CONFIG)}")
     config = {**CONFIG, **config}
+    if config["eval"] not in EVAL_LEVELS:
+        raise ValueError(f"unknown eval {config['eval']!r}; choose from {', '.join(EVAL_LEVELS)}")
     cls = zoo.get(config["model"])  # unknown model -> UnknownNameError before any work
     train = _load(config, "train")
     options = dict(config["options"])
@@ -127,12 +133,7 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
         "steps": result.steps,
         "train_seconds": round(seconds, 3),
         "stopped_early": result.stopped_early,
-        "valid": inference.evaluate(model, valid) if len(valid) else None,
-        "test": inference.evaluate(model, test),
-        # FD, MMD, Parzen window and mode coverage of samples vs the test split (any model)
-        "sample_quality": inference.sample_quality(
-            model, config["data"], root=config["data_dir"], binarize=config["binarize"], seed=config["seed"]
-        ),
+        **evaluate_run(model, config, valid, test),
     }
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plots.loss_curve(
@@ -143,8 +144,29 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
     return metrics
 
 
+def evaluate_run(model, config: dict, valid, test) -> dict:
+    """The post-training metrics at the config's ``eval`` level: ``valid``/``test``
+    (:func:`inference.evaluate`, bounded memory, a bar each) and ``sample_quality`` (FD, MMD,
+    Parzen window and mode coverage of samples vs the test split; only with "all")."""
+    level, progress = config.get("eval", "all"), config["progress"]
+    if level == "none":
+        return {"eval": "none"}
+    options = dict(config.get("eval_options") or {})
+    out = {
+        "eval": level,
+        "valid": inference.evaluate(model, valid, progress=progress, desc="evaluate valid", **options) if len(valid) else None,
+        "test": inference.evaluate(model, test, progress=progress, desc="evaluate test", **options),
+    }
+    if level == "all":
+        out["sample_quality"] = inference.sample_quality(
+            model, config["data"], root=config["data_dir"], binarize=config["binarize"], seed=config["seed"],
+            progress=progress,
+        )
+    return out
+
+
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("progress", "device", "data_dir")}
+    return {k: v for k, v in config.items() if k not in ("progress", "device", "data_dir", "eval", "eval_options")}
 
 
 def load_run(workdir):
