@@ -64,11 +64,11 @@ RECIPES = {
         published={}, note="baseline: independent pixels (no published figure)",
     ),
     "mixture-500": dict(
-        model="mixture", options=dict(num_components=500), fit=dict(objective="enum", lr=0.01, batch_size=100, epochs=100, early_stopping=10),
+        model="mixture", options=dict(num_components=500), fit=dict(objective="enum", lr=0.02, batch_size=100, epochs=100, early_stopping=10),
         published=dict(fixed=(137.64, L_AND_M)), note="paper: EM; ours: gradient (Adam) on the enumerated marginal",
     ),
     "fvsbn": dict(
-        model="fvsbn", fit=dict(lr=1e-3, batch_size=100, epochs=100, early_stopping=10),
+        model="fvsbn", fit=dict(lr=1e-2, batch_size=100, epochs=100, early_stopping=10),
         published=dict(fixed=(97.45, L_AND_M), dynamic=(96.58, PYTORCH_GENERATIVE)), note="paper: SGD, early stopping",
     ),
     "nade": dict(
