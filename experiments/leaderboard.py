@@ -97,6 +97,16 @@ RECIPES = {
         published=dict(fixed=(88.71, IWAE_APPENDIX), dynamic=(86.76, IWAE_T1)), eval_options=dict(num_samples=5000),
         note="1 stochastic layer 784-200-200-50 (tanh), k=1; paper: Adam with lr 1e-3 * 10^(-i/7) for 3^i passes",
     ),
+    "vae-2-stochastic-layers": dict(
+        model="vae2", eval_options=dict(num_samples=5000), fit=dict(objective="elbo", **IWAE_FIT),
+        published=dict(dynamic=(85.33, IWAE_T1)),
+        note="IWAE's 2 stochastic layers 784-(200-200)-100-(100-100)-50, k=1 (model from the models helper)",
+    ),
+    "pixelcnn": dict(
+        model="pixelcnn", fit=dict(lr=1e-3, batch_size=100, epochs=100, early_stopping=10),
+        published=dict(fixed=(81.30, "van den Oord et al. 2016 (Pixel RNN), Table 4"), dynamic=(81.45, PYTORCH_GENERATIVE)),
+        note="masked convolutions (model from the models helper)",
+    ),
     "iwae-k50": dict(
         model="vae", options=dict(hidden=[200, 200], latent_dim=50, activation="tanh"),
         fit=dict(objective="iwae", num_particles=50, **IWAE_FIT),
@@ -109,7 +119,7 @@ CONFIG = dict(
     data="binarized_mnist",
     data_dir=None,
     binarize="threshold",
-    models=["independent", "mixture-500", "fvsbn", "nade", "made", "made-32-masks", "made-2-layers-32-masks", "vae", "iwae-k50"],
+    models=None,  # row labels; None: every recipe, then every registered class with a ``paper``
     recipes={},  # label -> recipe overrides (merged over RECIPES[label] and any class's paper)
     epochs=None,  # train each model up to this epoch of its recipe's schedule (a total across sessions)
     budget_minutes=None,  # at most this much training per model in this session
@@ -143,9 +153,10 @@ COLUMNS = [
 def resolve_rows(config: dict) -> list[dict]:
     """The config's rows: ``{"label", "model", "options", "fit", "eval_options", "estimator",
     "published", "note"}``, from :data:`RECIPES`, the classes' ``paper`` and ``config["recipes"]``."""
-    labels = list(config["models"])
-    labels += [n for n in zoo.available() if getattr(zoo.get(n), "paper", None) and n not in labels
-               and not any(RECIPES.get(lab, {}).get("model") == n for lab in labels)]
+    labels = list(config["models"] or RECIPES)
+    if config["models"] is None:  # classes that bring their own paper recipe get a row
+        labels += [n for n in zoo.available() if getattr(zoo.get(n), "paper", None) and n not in labels
+                   and not any(RECIPES[lab]["model"] == n for lab in labels)]
     rows = []
     for label in labels:
         recipe = copy.deepcopy(RECIPES.get(label, {"model": label}))
