@@ -377,28 +377,38 @@ def notes_markdown(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], path, title: str) -> Path:
-    """Ours (filled: finished, hollow: partial) against published (x), one line per model."""
+    """Left: ours (filled: finished, hollow: partial) and published (x) per model. Right: ours -
+    published, with the 0.5-nat band of the issue's goal shaded."""
     scored = [r for r in rows if r.get("ours") is not None or r.get("published") is not None]
-    fig, ax = plots.plt.subplots(figsize=(8, 0.5 * len(scored) + 1.6))
+    fig, (ax, dx) = plots.plt.subplots(1, 2, figsize=(11, 0.45 * len(scored) + 1.8), sharey=True,
+                                       gridspec_kw=dict(width_ratios=[3, 2]))
     for i, r in enumerate(scored):
         if r.get("published") is not None:
-            ax.scatter(r["published"], i, marker="x", color="black", s=50, zorder=3, label="published" if i == 0 else None)
+            ax.scatter(r["published"], i, marker="x", color="black", s=50, zorder=3)
         if r.get("ours") is not None:
-            face = "white" if r.get("partial") else "tab:blue"
-            ax.scatter(r["ours"], i, s=45, facecolors=face, edgecolors="tab:blue", zorder=3)
+            ax.scatter(r["ours"], i, s=45, facecolors="white" if r.get("partial") else "tab:blue",
+                       edgecolors="tab:blue", zorder=3)
             if r.get("published") is not None:
                 ax.plot([r["published"], r["ours"]], [i, i], color="tab:blue", alpha=0.4)
+        if r.get("difference") is not None:
+            dx.barh(i, r["difference"], color="tab:orange" if r["difference"] > 0.5 else "tab:green",
+                    alpha=0.5 if r.get("partial") else 0.9)
+            dx.annotate(f"{r['difference']:+.2f}", (r["difference"], i), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=8)
     ax.scatter([], [], s=45, color="tab:blue", label="ours (finished)")
     ax.scatter([], [], s=45, facecolors="white", edgecolors="tab:blue", label="ours (partial)")
     ax.scatter([], [], marker="x", color="black", label="published")
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0 + 0.4 / max(len(scored), 1)), ncol=3, fontsize=8, frameon=False)
     ax.set_yticks(range(len(scored)), [r["label"] for r in scored])
-    ax.invert_yaxis()
+    ax.set_ylim(len(scored) - 0.5, -0.5)  # first row on top, half a row of margin
     ax.set_xlabel("test NLL (nats per image, lower is better)")
-    ax.set_title(title)
     ax.grid(alpha=0.3, axis="x")
+    dx.axvspan(-0.5, 0.5, color="tab:green", alpha=0.12, label="within 0.5 nat")
+    dx.axvline(0, color="black", lw=0.8)
+    dx.set_xlabel("ours - published (nats)")
+    dx.margins(x=0.2)
+    dx.grid(alpha=0.3, axis="x")
+    fig.suptitle(title)
     fig.tight_layout()
     return plots._save(fig, path)
 
