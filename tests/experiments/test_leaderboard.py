@@ -50,7 +50,7 @@ def test_tiny_leaderboard_writes_the_table(data_dir, tmp_path):
     assert rows["fvsbn"]["difference"] == pytest.approx(rows["fvsbn"]["ours"] - 97.45)
     assert rows["fvsbn"]["parameters"] == 784 * 785 // 2 + 784 or rows["fvsbn"]["parameters"] > 0
     assert rows["vae"]["estimator"] == "IS, K=16"
-    assert rows["made-32-masks"]["estimator"].startswith("exact, 32-mask")  # the recipe's words
+    assert rows["made-32-masks"]["estimator"] == "exact, 3-mask ensemble (log-mean-exp)"
     # the scores are the run folders' checkpoints scored by the rows' estimators
     model, _ = LB.load_run(out / "binarized-mnist" / "fvsbn")
     test = LB.zoo.load("binarized_mnist", "test", root=data_dir)
@@ -99,6 +99,7 @@ def test_rows_come_from_the_recipes_and_a_class_paper(monkeypatch):
     assert rows["made-2-layers-32-masks"]["options"]["hidden_sizes"] == [500, 500]
     assert rows["vae"]["eval_options"] == {"num_samples": 5000} and LB.estimator(rows["vae"]) == "IS, K=5000"
     assert LB.estimator(rows["fvsbn"]) == "exact"
+    assert LB.estimator(rows["made-2-layers-32-masks"]) == "exact, 32-mask ensemble (log-mean-exp)"
     paper = dict(recipe=dict(epochs=7, lr=0.5), options=dict(hidden_size=3), published=dict(fixed=80.0), citation="Someone 2030")
     monkeypatch.setattr(LB.zoo.get("nade"), "paper", paper, raising=False)
     rows = {r["label"]: r for r in LB.resolve_rows(LB.CONFIG)}
