@@ -185,6 +185,8 @@ def estimator(row: dict) -> str:
     if masks > 1:  # MADE's log_prob is the exact mixture over its masks
         return f"exact, {masks}-mask ensemble (log-mean-exp)"
     k = row["eval_options"].get("num_samples")
+    if row["model"] not in zoo.available():
+        return f"IS, K={k}" if k else "exact"
     if k or not getattr(zoo.get(row["model"]), "exact_density", True):
         return f"IS, K={k or getattr(zoo.get(row['model']), 'default_num_samples', '?')}"
     return "exact"
@@ -301,7 +303,8 @@ def run_row(row: dict, config: dict, workdir: Path, train_size: int, test) -> di
     status_path = workdir / "leaderboard_status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     if row["model"] not in zoo.available():
-        return dict(label=row["label"], note=f"not run: model {row['model']!r} is not registered")
+        return dict(_published(row, config), label=row["label"], model=row["model"], estimator=estimator(row),
+                    note=f"not run: model {row['model']!r} is not registered yet")
     status = train_row(row, config, workdir, status, train_size)
     metrics = score_row(row, config, workdir, status, test)
     if status:
@@ -314,9 +317,7 @@ def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
     """One row of the table from a recipe, its status and its test metrics."""
     pyro.set_rng_seed(0)
     model = zoo.create(row["model"], data_dim=data_dim, **row["options"])
-    out = dict(label=row["label"], model=row["model"], parameters=model.num_parameters())
-    text, key = binarization(config)
-    published = row.get("published", {}).get(key) if key else None
+    out = dict(label=row["label"], model=row["model"], parameters=model.num_parameters(), **_published(row, config))
     recipe_epochs = row["fit"].get("epochs")
     epochs = step / per_epoch
     partial = not status.get("finished")
@@ -324,14 +325,14 @@ def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
     seconds = sum(s["seconds"] for s in sessions)
     trained = sum(s["to_step"] - s["from_step"] for s in sessions) / per_epoch
     out.update(
-        binarization=text, estimator=estimator(row), ours=metrics["nll"] if metrics else None,
-        published=published[0] if published else None, citation=published[1] if published else None,
-        epochs_run=round(epochs, 2), recipe_epochs=recipe_epochs, partial=partial,
+        estimator=estimator(row), ours=metrics["nll"] if metrics else None, epochs_run=round(epochs, 2), recipe_epochs=recipe_epochs, partial=partial,
         stopped_early=status.get("stopped_early", False), train_seconds=round(seconds, 1),
         seconds_per_epoch=round(seconds / trained, 2) if trained > 0 else None,
         score_seconds=metrics.get("seconds") if metrics else None,
         device=", ".join(dict.fromkeys(s["device"] for s in sessions)) or None, note=row.get("note"),
     )
+    if not sessions and not step:
+        out["note"] = "not run yet" + (f"; {out['note']}" if out["note"] else "")
     if out["ours"] is not None and out["published"] is not None:
         out["difference"] = out["ours"] - out["published"]
     if partial and out["seconds_per_epoch"] and recipe_epochs:
@@ -340,6 +341,14 @@ def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
 
 
 # ----- the table -------------------------------------------------------------------------
+def _published(row: dict, config: dict) -> dict:
+    """The binarization text and the published figure (value, citation) of the config's protocol."""
+    text, key = binarization(config)
+    published = row.get("published", {}).get(key) if key else None
+    return dict(binarization=text, published=published[0] if published else None,
+                citation=published[1] if published else None)
+
+
 def _cells(r: dict) -> dict:
     fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
     epochs = f"{r['epochs_run']:g} / {r['recipe_epochs']}" if r.get("epochs_run") is not None else ""

@@ -112,3 +112,12 @@ def test_experiment_flags_become_config_entries():
         data="mnist", binarize="dynamic", budget_minutes=5, epochs=3)
     with pytest.raises(ValueError, match="needs a value"):
         _flags(["--epochs"])
+
+
+def test_a_row_whose_model_is_not_registered_keeps_its_published_figure(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(LB.RECIPES, "future-model", dict(model="no_such_model", published=dict(fixed=(80.5, "Someone 2030"))))
+    (row,) = LB.run(config(data_dir, models=["future-model"]), tmp_path)["rows"]
+    assert row["published"] == 80.5 and row.get("ours") is None
+    assert "not registered" in row["note"]
+    md = (tmp_path / "leaderboard-binarized-mnist.md").read_text()
+    assert "80.50 (Someone 2030)" in md and "not registered" in md
