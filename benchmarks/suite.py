@@ -8,7 +8,7 @@ VAE 784-400-20, NADE 784-500, MADE 784-500-784; and the 64-dim digits with the m
 defaults), it measures, in one run:
 
 * **step time** of the engine - exactly what :func:`inference.fit` runs per step
-  (``train_loop(**inference.svi.prepare(...))``: learning-rate schedule, minibatch,
+  (the ``Trainer`` of ``inference.svi.build_trainer(...)``: learning-rate schedule, minibatch,
   objective, Adam, NaN guard, loss history), on its default fast path and on plain
   Pyro - against a hand-written PyTorch training loop (same weights, same minibatches,
   same Adam, the loss written with ``torch.nn.functional``, ``loss.item()`` per step).
@@ -48,9 +48,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
 from benchmarks.common import table as _table
-from inference.loop import Minibatches, lr_at, train_loop
+from inference.adversarial import Adversarial
+from inference.callbacks import NaNGuard
+from inference.loop import Minibatches, Schedule, Trainer, lr_at
 from inference.objectives import make_objective
-from inference.svi import prepare, resolve_settings
+from inference.svi import build_trainer, resolve_settings
 
 __all__ = ["main", "run"]
 
@@ -63,6 +65,15 @@ SIZES_784 = {
 BATCH = 128
 LR = 1e-3
 
+
+
+def rerun(trainer, steps: int):
+    """``steps`` steps of exactly what ``fit`` runs (the trainer's step object and
+    minibatches; schedule, NaN guard and read-back as in ``fit``), from step 0."""
+    fresh = Trainer(trainer.step_obj, trainer.batches, total_steps=steps, seed=trainer.seed,
+                    schedule=Schedule(steps, trainer.schedule.kind, trainer.schedule.final_fraction),
+                    settings=trainer.settings, callbacks=[NaNGuard()], device=trainer.device)
+    return fresh.run()
 
 def table(rows, columns) -> str:
     """A Markdown table; missing values as a dash."""
@@ -239,7 +250,7 @@ def likelihood_models() -> list[str]:
     names = []
     for name in zoo.available():
         cls = zoo.get(name)
-        if getattr(cls, "trainer", "svi") != "svi" or cls.support != "binary":
+        if issubclass(cls, Adversarial) or cls.support != "binary":
             continue
         try:
             model = zoo.create(name, data_dim=4)
@@ -269,9 +280,9 @@ def step_case(name, data, options, *, rounds, round_seconds, case_seconds, devic
     for mode in ("auto", "none"):
         m = zoo.create(name, data_dim=data.shape[1], **options)
         m.load_state_dict(init)
-        runs[mode] = (m, prepare(m, data, steps=50, batch_size=BATCH, lr=LR, progress=False,
-                                 device=device, compile=mode))
-    fast_mode = runs["auto"][1]["settings"]["compile"]
+        runs[mode] = (m, build_trainer(m, data, steps=50, batch_size=BATCH, lr=LR, progress=False,
+                                       device=device, compile=mode)[0])
+    fast_mode = runs["auto"][1].settings["compile"]
     hand_model = zoo.create(name, data_dim=data.shape[1], **options).to(device)
     hand_model.load_state_dict(init)
     x = data.to(device)
@@ -297,7 +308,7 @@ def step_case(name, data, options, *, rounds, round_seconds, case_seconds, devic
         def go(steps):
             _, run = runs[mode]
             with pyro.validation_enabled(False):
-                train_loop(**{k: v for k, v in run.items() if k != "validate"} | {"total_steps": steps})
+                rerun(run, steps)
         return go
 
     contestants = {"engine": engine("auto"), "plain": engine("none")}
@@ -420,20 +431,19 @@ def scaling_case(name, options, sizes, *, device, repeats=3):
         x = torch.bernoulli(torch.full((n, 784), 0.13), generator=g)
         pyro.set_rng_seed(0)
         model = zoo.create(name, data_dim=784, **options)
-        run = prepare(model, x, epochs=1, batch_size=BATCH, lr=LR, progress=False, device=device)
-        run.pop("validate")
+        run = build_trainer(model, x, epochs=1, batch_size=BATCH, lr=LR, progress=False, device=device)[0]
         with pyro.validation_enabled(False):
-            train_loop(**{**run, "total_steps": 3})  # warm-up: tracing, first allocations
+            rerun(run, 3)  # warm-up: tracing, first allocations
             epochs = []
             for _ in range(repeats):
                 _sync(device)
                 t0 = time.perf_counter()
-                result = train_loop(**run)
+                result = rerun(run, run.total_steps)
                 _sync(device)
                 epochs.append(time.perf_counter() - t0)
             seconds = statistics.median(epochs)
             with PeakMemory(device) as mem:  # the first steps of an epoch, apart from the timing
-                train_loop(**{**run, "total_steps": min(20, run["total_steps"])})
+                rerun(run, min(20, run.total_steps))
         rows.append({
             "model": f"{name} 784",
             "images": n,

@@ -104,7 +104,7 @@ def main(argv=None, prog: str | None = None) -> int:
         return _COMMANDS[args.command](args) or 0
     except KeyboardInterrupt as e:
         print(f"zoo: {e or 'interrupted'}; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(e, "signum", 2))  # 130 for Ctrl-C, 143 for SIGTERM
     except (ValueError, TypeError, FileNotFoundError, NotImplementedError, FloatingPointError) as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2

@@ -38,8 +38,8 @@ from pyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
 
 import inference
 import zoo
-from experiments import plots
-from inference.compare import markdown_table
+from inference.mcmc import NUM_SAMPLES, WARMUP_STEPS
+from inference.compare import density_plot, forest_plot, markdown_table
 from inference.diagnostics import az, diagnose, guide_from_distributions, posterior_distances, to_inference_data
 
 CONFIG = dict(
@@ -53,8 +53,8 @@ CONFIG = dict(
     autoguide_lr=0.05,
     num_particles=4,  # ELBO particles; K of IWAE
     num_draws=2000,  # posterior draws per method for the errors and k-hat
-    nuts_samples=500,
-    nuts_warmup=500,
+    nuts_samples=None,  # None: inference.mcmc's defaults (1000 draws per chain after 500 warm-up steps)
+    nuts_warmup=None,
     nuts_chains=4,
     plot_coords=6,
     seed=0,
@@ -98,11 +98,12 @@ def run_method(method: str, make, x: torch.Tensor, config: dict) -> dict:
     elif method == "NUTS":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", inference.ConvergenceWarning)
-            run = inference.mcmc(model, x, num_samples=config["nuts_samples"], warmup_steps=config["nuts_warmup"],
-                                 num_chains=config["nuts_chains"], seed=config["seed"])
-        conv = run.zoo_convergence
+            lengths = {k: v for k, v in (("num_samples", config["nuts_samples"]), ("warmup_steps", config["nuts_warmup"]))
+                       if v is not None}
+            run = inference.mcmc(model, x, num_chains=config["nuts_chains"], seed=config["seed"], **lengths)
+        conv = run.convergence
         grouped = {k: v for k, v in run.get_samples(group_by_chain=True).items() if k in exact}
-        out.update(seconds=run.zoo_seconds, draws={k: v.reshape((-1,) + v.shape[2:]) for k, v in grouped.items()},
+        out.update(seconds=run.seconds, draws={k: v.reshape((-1,) + v.shape[2:]) for k, v in grouped.items()},
                    grouped=grouped, r_hat=conv["r_hat_max"], ess_bulk=conv["ess_bulk_min"],
                    divergences=conv["divergences"], warnings=[str(w.message) for w in caught])
     else:
@@ -110,6 +111,9 @@ def run_method(method: str, make, x: torch.Tensor, config: dict) -> dict:
         if method == "conjugate_iwae":
             objective = "iwae"
         elif method in GUIDES:
+            # an AutoGuide keeps its parameters in Pyro's global store (as under pyro.infer.SVI):
+            # start each from a clear store, or it would take over the previous model's values
+            pyro.clear_param_store()
             guide, lr = GUIDES[method](model.model), config["autoguide_lr"]
         elif method != "conjugate":
             raise ValueError(f"unknown method {method!r}; known: {CONFIG['methods']}")
@@ -196,7 +200,8 @@ def run(config: dict, workdir) -> dict:
             "r_hat / ess_bulk: NUTS convergence (largest r_hat, smallest bulk ESS); seconds: wall time of fitting / "
             "sampling (the exact row: drawing; diagnostics excluded everywhere). "
             f"{config['steps']} SVI steps per guide, {config['num_draws']} draws per method; NUTS "
-            f"{config['nuts_chains']} chains x {config['nuts_samples']} draws after {config['nuts_warmup']} warm-up.\n\n"
+            f"{config['nuts_chains']} chains x {config['nuts_samples'] or NUM_SAMPLES} draws after "
+            f"{config['nuts_warmup'] or WARMUP_STEPS} warm-up.\n\n"
         )
         (workdir / "table.md").write_text(preamble + "\n".join(sections))
         out = _strict({"config": dict(config), "results": results})
@@ -218,21 +223,10 @@ def _strict(v):
 
 
 def _figures(idatas: dict, exact: dict, name: str, config: dict, workdir: Path) -> None:
+    """Forest and density plots of every method, one colour per method in both, one title each."""
     site = next(iter(exact))
-    first = next(iter(idatas.values())).posterior[site]
-    coords = {d: first[d].values[: int(config["plot_coords"])] for d in first.dims[2:]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        height = 1.5 + 0.3 * len(idatas) * int(config["plot_coords"])
-        axes = az.plot_forest(list(idatas.values()), model_names=list(idatas), var_names=[site], coords=coords,
-                              combined=True, hdi_prob=0.94, figsize=(8, height))
-        fig = axes.ravel()[0].figure
-        fig.suptitle(f"{name}: 94% HDI of {site} by method")
-        plots._save(fig, workdir / f"forest_{name}.png")
-        spread = {k: float(i.posterior[site].values.std(axis=(0, 1)).min()) > 0 for k, i in idatas.items()}
-        subsets = [i.posterior[[site]].sel(coords) for k, i in idatas.items() if spread[k]]
-        labels = [k for k in idatas if spread[k]]
-        axes = az.plot_density(subsets, data_labels=labels, var_names=[site], hdi_prob=0.995, shade=0.05)
-        fig = axes.ravel()[0].figure
-        fig.suptitle(f"{name}: marginal posteriors of {site} by method (AutoDelta omitted: a point)")
-        plots._save(fig, workdir / f"density_{name}.png")
+    colors = [f"C{i % 10}" for i in range(len(idatas))]
+    k = int(config["plot_coords"])
+    forest_plot(idatas, site, k, workdir / f"forest_{name}.png", colors=colors, title=f"{name}: 94% HDI of {site} by method")
+    density_plot(idatas, site, k, workdir / f"density_{name}.png", colors=colors,
+                 title=f"{name}: marginal posteriors of {site} by method")

@@ -1,22 +1,9 @@
 """Train one zoo model on one data set into a run folder, then evaluate and plot.
 
-A run folder holds:
-
-==================  =============================================================
-``config.json``     the resolved configuration (model, options, data, settings)
-``metrics.jsonl``   the metric history, one JSON line per epoch
-``checkpoint.pt``   parameters, optimiser state, step and random states
-``metrics.json``    the final metrics (validation and test)
-``loss.png``        the loss curve; ``samples.png``: a sample grid (image data)
-==================  =============================================================
-
+The run folder's layout, its lock and its atomic files are :mod:`experiments.run_folder`'s.
 Running the same configuration into the same folder again resumes an interrupted run.
 """
 from __future__ import annotations
-
-import json
-import time
-from pathlib import Path
 
 import pyro
 import torch
@@ -24,8 +11,7 @@ import torch
 import inference
 import zoo
 from experiments import plots
-from inference.distributed import is_main_process
-from inference.loop import CHECKPOINT
+from experiments.run_folder import RunFolder
 
 __all__ = ["CONFIG", "load_run", "sample_figure", "train_and_evaluate"]
 
@@ -91,56 +77,53 @@ def build_model(config: dict):
 
 def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
     """Train, evaluate and plot one run; returns the final metrics (also in metrics.json)."""
-    workdir = Path(workdir)
     config = resolve(config)
-    saved = workdir / "config.json"
-    if resume and saved.exists() and (workdir / CHECKPOINT).exists():
-        previous = json.loads(saved.read_text())
-        if _comparable(previous) != _comparable(config):
-            raise ValueError(
-                f"{workdir} holds a run with another configuration; choose another --out "
-                "or delete the folder"
-            )
-    main_process = is_main_process()  # under torchrun, rank 0 alone writes the run folder
-    if main_process:
-        workdir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(config, indent=2) + "\n")
+    with RunFolder(workdir, resume=resume) as folder:
+        if resume and folder.has_checkpoint() and (folder.path / "config.json").exists():
+            previous = folder.read_config()
+            if _comparable(previous) != _comparable(config):
+                raise ValueError(
+                    f"{folder.path} holds a run with another configuration; choose another --out "
+                    "or delete the folder"
+                )
+        folder.write_config(config)
+        return _train_into(config, folder)
 
+
+def _train_into(config: dict, folder: RunFolder) -> dict:
     model = build_model(config)
     train, valid, test = (_load(config, s) for s in ("train", "valid", "test"))
     fit_kwargs = {k: config[k] for k in FIT_KEYS if config[k] is not None}
-    start = time.perf_counter()
-    # models that declare another trainer (the GAN: trainer = "adversarial") use it
-    trainer = inference.fit_adversarial if getattr(model, "trainer", "svi") == "adversarial" else inference.fit
-    result = trainer(
+    # a model of the adversarial protocol (the GAN) is trained by the adversarial game
+    adversarial = isinstance(model, inference.Adversarial)
+    outputs = folder.engine_outputs()
+    result = (inference.fit_adversarial if adversarial else inference.fit)(
         model,
         train,
         val_data=valid if len(valid) else None,
         seed=config["seed"],
         device=config["device"],
-        run_dir=workdir,
-        resume=resume,
         progress=config["progress"],
+        **outputs,
         **fit_kwargs,
     )
-    seconds = time.perf_counter() - start
-    if not main_process:
+    if not folder.writer:
         return {"model": config["model"], "data": config["data"], "steps": result.steps}
     metrics = {
         "model": config["model"],
         "data": config["data"],
         "num_parameters": model.num_parameters(),
         "steps": result.steps,
-        "train_seconds": round(seconds, 3),
+        "train_seconds": round(result.train_seconds, 3),  # summed over the run's parts
         "stopped_early": result.stopped_early,
         **evaluate_run(model, config, valid, test),
     }
-    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    folder.write_metrics(metrics)
     plots.loss_curve(
-        result.history, workdir / "loss.png", val_losses=result.val_losses,
+        result.history, folder.path / "loss.png", val_losses=result.val_losses,
         title=f"{config['model']} on {config['data']}",
     )
-    sample_figure(model, config, workdir / "samples.png", test=test)
+    sample_figure(model, config, folder.path / "samples.png", test=test)
     return metrics
 
 
@@ -171,17 +154,15 @@ def _comparable(config: dict) -> dict:
 
 def load_run(workdir):
     """(model, config) of a run folder, with the parameters of its checkpoint."""
-    workdir = Path(workdir)
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{workdir} is not a run folder (no config.json)")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is corrupt: {e}") from None
+    folder = RunFolder(workdir)
+    config = folder.read_config()
     model = build_model(config)
-    state = inference.load_checkpoint(workdir / CHECKPOINT)
-    model.load_state_dict(state["modules"]["model"])
+    state = folder.load_state()
+    try:
+        model.load_state_dict(state["modules"]["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise inference.CheckpointError(f"{folder.path} holds parameters of another model: {first}") from None
     return model, config
 
 

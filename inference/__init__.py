@@ -6,26 +6,39 @@
     >>> result = inference.fit(model, data)          # SVI, defaults tuned per model
     >>> inference.evaluate(model, zoo.load("digits", "test"))
     {'nll': ..., 'bits_per_dim': ..., ...}
+    >>> inference.fit(pyro_model, data, guide="auto_normal")   # any Pyro program
+
+Importing it changes no global state (Pyro settings, random states, plotting backend).
 """
-import zoo  # noqa: F401  (sets Pyro's module-local parameters before any model is built)
-from inference.adversarial import fit_adversarial, fit_discriminator
-from inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from inference.adversarial import Adversarial, AdversarialStep, fit_adversarial, fit_discriminator
+from inference.callbacks import Callback
+from inference.checkpoint import Checkpointer, CheckpointError, MetricLog, load_checkpoint, save_checkpoint
 from inference.compare import compare_models, compare_runs
 from inference.diagnostics import diagnose, posterior_distances, psis_khat, to_inference_data
 from inference.evaluation import evaluate, exact_posterior, posterior
-from inference.loop import DivergenceError, FitResult, train_loop
-from inference.mcmc import ConvergenceWarning, convergence, mcmc
+from inference.loop import DivergenceError, FitResult, Interrupted, Trainer
+from inference.mcmc import ConvergenceWarning, MCMCResult, convergence, mcmc
 from inference.metrics import sample_quality
 from inference.objectives import OBJECTIVES, make_objective
 from inference.sbc import SBCResult, sbc, sbc_exact, sbc_fitted_guide
-from inference.svi import DEFAULTS, fit
+from inference.svi import DEFAULTS, GUIDES, SVIStep, fit
 
 __all__ = [
+    "Adversarial",
+    "AdversarialStep",
+    "Callback",
     "CheckpointError",
+    "Checkpointer",
+    "GUIDES",
+    "Interrupted",
+    "MetricLog",
+    "SVIStep",
+    "Trainer",
     "ConvergenceWarning",
     "DEFAULTS",
     "DivergenceError",
     "FitResult",
+    "MCMCResult",
     "OBJECTIVES",
     "SBCResult",
     "compare_models",
@@ -49,5 +62,4 @@ __all__ = [
     "sbc_exact",
     "sbc_fitted_guide",
     "to_inference_data",
-    "train_loop",
 ]

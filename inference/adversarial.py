@@ -21,7 +21,8 @@ the best D, ``loss_d = log 4 - 2 JSD(p_data || p_g)``.
 
 Everything else (minibatches, seeding, the learning-rate schedule, progress bar, NaN
 guard, checkpoints of both players and both optimisers, resumption, Ctrl-C, metric log)
-is :func:`inference.loop.train_loop`, shared with the SVI engine, so a GAN run folder
+is the :class:`inference.loop.Trainer` the SVI engine runs on (:class:`AdversarialStep`
+is this trainer's step object), so a GAN run folder
 behaves exactly like an SVI one: a resumed run ends with the parameters of an
 uninterrupted run with the same seed.
 
@@ -32,17 +33,22 @@ the theory on densities given on a quadrature grid (or on a discrete space).
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch.nn import functional as F
 
-from inference.loop import FitResult, train_loop
-from inference.svi import _device, as_tensor
+from inference import callbacks as cb
+from inference import distributed as ddp
+from inference.loop import EpochData, FitResult, Minibatches, Schedule, Trainer
+from inference.svi import as_tensor, check_settings, standard_callbacks
 from inference.svi import resolve_settings as svi_resolve_settings
 
 __all__ = [
     "ADVERSARIAL_DEFAULTS",
+    "Adversarial",
+    "AdversarialStep",
     "GENERATOR_LOSSES",
     "discriminator_loss",
     "fit_adversarial",
@@ -98,6 +104,9 @@ def resolve_settings(model, **given) -> dict:
     if isinstance(d_steps, bool) or not isinstance(d_steps, int) or d_steps < 1:
         raise ValueError(f"d_steps must be a positive integer, got {d_steps!r}")
     settings["betas"] = [float(b) for b in settings["betas"]]  # a list survives a checkpoint as is
+    check_settings({**settings, "num_particles": 1, "compile": "none"}, lr_may_be_zero=True)
+    if not (isinstance(settings["lr_d"], (int, float)) and math.isfinite(settings["lr_d"]) and settings["lr_d"] >= 0):
+        raise ValueError(f"lr_d must be a number >= 0, got {settings['lr_d']!r}")
     return settings
 
 
@@ -125,6 +134,8 @@ def fit_adversarial(
     early_stopping: int | None = None,
     num_particles: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    checkpoint=None,
+    metric_log=None,
 ) -> FitResult:
     """Train a GAN (a model with ``generate``, ``discriminate``, ``generator`` and
     ``discriminator``, e.g. ``zoo.create("gan")``) on ``data`` by the adversarial game.
@@ -136,7 +147,8 @@ def fit_adversarial(
         ``lr``); ``betas`` Adam's (default (0.5, 0.999), as DCGAN); both decay by
         ``lr_schedule`` (``"cosine"`` to ``final_lr_fraction`` of the start, or ``"constant"``).
     :param d_steps: discriminator updates per generator update (k of Algorithm 1).
-    :param seed, device, run_dir, resume, checkpoint_every, progress: as :func:`inference.fit`.
+    :param seed, device, run_dir, resume, checkpoint_every, progress, checkpoint, metric_log:
+        as :func:`inference.fit`.
     :param val_data: accepted for a uniform call, and unused: the game has no validation
         loss to monitor; ``early_stopping`` and ``num_particles`` must be None.
     :param on_step: called as ``on_step(steps_done)`` after every step (e.g. to keep sample
@@ -149,75 +161,126 @@ def fit_adversarial(
         raise ValueError("early stopping needs a validation loss; the adversarial game has none")
     if num_particles is not None:
         raise ValueError("num_particles is an SVI setting; the adversarial trainer takes none")
-    for attr in ("generate", "discriminate", "generator", "discriminator"):
-        if not hasattr(model, attr):
-            raise TypeError(f"{type(model).__name__} is not a GAN (no {attr!r}); train it with inference.fit")
+    if not isinstance(model, Adversarial):
+        raise TypeError(f"{type(model).__name__} is not a GAN (no generate/discriminate/generator/"
+                        "discriminator); train it with inference.fit")
     settings = resolve_settings(
         model, objective=objective, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_d=lr_d, betas=betas, d_steps=d_steps, lr_schedule=lr_schedule,
         final_lr_fraction=final_lr_fraction,
     )
-    device = _device(device)
+    device = ddp.local_device(device)
+    ctx = ddp.context(device)
+    rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
     x = as_tensor(data)
     model.check_data(x)
-    x = x.to(device)
     model.to(device)
-    num_data = x.shape[0]
-    batch_size = min(int(settings["batch_size"]), num_data)
-    per_epoch = max(num_data // batch_size, 1)
-    total = int(settings["steps"]) if settings["steps"] is not None else int(settings["epochs"]) * per_epoch
-    if total < 1:
-        raise ValueError(f"steps/epochs must give at least one step, got {total}")
+    source = data if isinstance(data, EpochData) and not isinstance(data, torch.Tensor) else x.to(device)
+    rows = Minibatches(source, settings["batch_size"], seed, rank, world).to(device)
+    total = settings["steps"] or settings["epochs"] * rows.per_epoch
+    step = AdversarialStep(model, settings, on_step=on_step)
+    settings.update(
+        steps=total, epochs=None, batch_size=rows.batch_size, seed=seed, num_data=x.shape[0],
+        model=type(model).__name__, trainer="adversarial", model_options=dict(getattr(model, "options", {})),
+    )
+    name = getattr(model, "registered_name", type(model).__name__)
+    run = dict(checkpoint=checkpoint, metric_log=metric_log, run_dir=run_dir, resume=resume,
+               checkpoint_every=checkpoint_every, progress=progress)
+    callbacks, _ = standard_callbacks(run, f"{name} [adversarial, {settings['objective']}]")
+    trainer = Trainer(step, rows, total_steps=total, seed=seed,
+                      schedule=Schedule(total, settings["lr_schedule"], settings["final_lr_fraction"]),
+                      settings=settings, callbacks=callbacks, context=ctx, device=device)
+    return trainer.run()
 
-    betas = tuple(settings["betas"])
-    opt_g = torch.optim.Adam(model.generator.parameters(), lr=settings["lr"], betas=betas)
-    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=settings["lr_d"], betas=betas)
-    kind, k = settings["objective"], settings["d_steps"]
-    latent_dim = model.latent_dim
 
-    def noise(n):
-        return torch.randn(n, latent_dim, device=device)
+@runtime_checkable
+class Adversarial(Protocol):
+    """What the adversarial trainer needs (and what :func:`inference.fit` refuses): a
+    sampler ``generate(z, hard=...)`` and a critic ``discriminate(x)`` (with the networks
+    ``generator`` and ``discriminator`` holding their parameters)."""
 
-    def step_fn(batch, step):
+    def generate(self, z, hard: bool = ...): ...
+
+    def discriminate(self, x): ...
+
+
+class AdversarialStep:
+    """One step of Algorithm 1: ``d_steps`` discriminator updates, one generator update."""
+
+    def __init__(self, model, settings: dict, on_step=None):
+        betas = tuple(settings["betas"])
+        self.model, self.kind, self.k, self.on_step = model, settings["objective"], settings["d_steps"], on_step
+        self.lrs = {"generator": settings["lr"], "discriminator": settings["lr_d"]}
+        self.optimizers = {
+            "generator": torch.optim.Adam(model.generator.parameters(), lr=settings["lr"], betas=betas),
+            "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=settings["lr_d"], betas=betas),
+        }
+        self.modules = {"model": model}
+        self.latent_dim = model.latent_dim
+
+    def _noise(self, n, device):
+        return torch.randn(n, self.latent_dim, device=device)
+
+    def __call__(self, batch, step):
+        model, opt_g, opt_d = self.model, self.optimizers["generator"], self.optimizers["discriminator"]
         n = batch.shape[0]
-        for _ in range(k):
+        for _ in range(self.k):
             with torch.no_grad():
-                fake = model.generate(noise(n), hard=False)
+                fake = model.generate(self._noise(n, batch.device), hard=False)
             loss_d = discriminator_loss(model.discriminate(batch), model.discriminate(fake))
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
-        fake = model.generate(noise(n), hard=False)
-        loss_g = generator_loss(model.discriminate(fake), kind)
+        fake = model.generate(self._noise(n, batch.device), hard=False)
+        loss_g = generator_loss(model.discriminate(fake), self.kind)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        if on_step is not None:
-            on_step(step + 1)
+        if self.on_step is not None:
+            self.on_step(step + 1)
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
 
-    settings.update(
-        steps=total, epochs=None, batch_size=batch_size, seed=seed, num_data=num_data,
-        model=type(model).__name__, trainer="adversarial",
-    )
-    return train_loop(
-        step_fn=step_fn,
-        data=x,
-        modules={"model": model},
-        optimizers={"generator": opt_g, "discriminator": opt_d},
-        settings=settings,
-        total_steps=total,
-        batch_size=batch_size,
-        seed=seed,
-        lr={"generator": settings["lr"], "discriminator": settings["lr_d"]},
-        lr_schedule=settings["lr_schedule"],
-        final_lr_fraction=settings["final_lr_fraction"],
-        run_dir=run_dir,
-        resume=resume,
-        checkpoint_every=checkpoint_every,
-        progress=progress,
-        desc=f"{getattr(model, 'registered_name', type(model).__name__)} [adversarial, {kind}]",
-    )
+    def set_lr(self, step, schedule):
+        for k, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = schedule(step, self.lrs[k])
+
+    def current_lr(self):
+        return self.optimizers["generator"].param_groups[0]["lr"]
+
+    def parameters(self):
+        return [p for m in self.modules.values() for p in m.parameters()]
+
+    def state_dict(self):
+        return {"modules": {k: m.state_dict() for k, m in self.modules.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
+
+    def load_state_dict(self, state, batch=None):
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+
+
+class _DiscriminatorStep(AdversarialStep):
+    """A discriminator trained alone against fixed real and fake samplers."""
+
+    def __init__(self, discriminator, sample_real, sample_fake, batch_size, lr):
+        self.d, self.real, self.fake, self.n = discriminator, sample_real, sample_fake, batch_size
+        self.lrs = {"discriminator": lr}
+        self.optimizers = {"discriminator": torch.optim.Adam(discriminator.parameters(), lr=lr)}
+        self.modules = {"discriminator": discriminator}
+
+    def __call__(self, _batch, step):
+        opt = self.optimizers["discriminator"]
+        loss = discriminator_loss(self.d(self.real(self.n)), self.d(self.fake(self.n)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss_d": loss.detach()}
+
+    def current_lr(self):
+        return self.optimizers["discriminator"].param_groups[0]["lr"]
 
 
 def fit_discriminator(
@@ -237,31 +300,14 @@ def fit_discriminator(
     ``sample_fake`` (p_g) and takes an Adam step on :func:`discriminator_loss`, with the
     learning rate decayed by a cosine to 1% of ``lr``. The minimiser over all functions is
     D*(x) = p_data(x) / (p_data(x) + p_g(x)), with loss log 4 - 2 JSD(p_data || p_g).
-    Runs through :func:`inference.loop.train_loop` (seeded, NaN-guarded);
+    Runs on :class:`inference.loop.Trainer` (seeded, NaN-guarded);
     ``history["loss_d"]`` holds the loss per step.
     """
-    opt = torch.optim.Adam(discriminator.parameters(), lr=lr)
-
-    def step_fn(_batch, step):
-        loss = discriminator_loss(discriminator(sample_real(batch_size)), discriminator(sample_fake(batch_size)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss_d": loss.detach()}
-
-    return train_loop(
-        step_fn=step_fn,
-        data=torch.zeros(1, 1),  # the data are drawn fresh inside step_fn
-        modules={"discriminator": discriminator},
-        optimizers={"discriminator": opt},
-        settings={"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed},
-        total_steps=steps,
-        batch_size=1,
-        seed=seed,
-        lr=lr,
-        progress=progress,
-        desc="discriminator",
-    )
+    step = _DiscriminatorStep(discriminator, sample_real, sample_fake, batch_size, lr)
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
+    trainer = Trainer(step, lambda t: None, total_steps=steps, seed=seed, schedule=Schedule(steps),
+                      settings=settings, callbacks=[cb.NaNGuard(), cb.Progress("discriminator", progress)])
+    return trainer.run()
 
 
 # ----- the theory on a quadrature grid ---------------------------------------------------

@@ -1,17 +1,22 @@
 """ArviZ for every posterior of the zoo, and the checks variational inference needs.
 
-* :func:`to_inference_data`: an ``arviz.InferenceData`` in one call from a fitted zoo
-  model (draws from its guide, or from any guide given), a Pyro ``MCMC`` run, an exact
-  conjugate posterior (``{site: Distribution}``) or a dict of draws. Every source gets
-  ``posterior`` (``chain``, ``draw`` and named dimensions: ``pixel`` for a binary
-  model's per-pixel sites, ``category`` for a categorical model's, ``obs`` for sites in
-  the data plate), ``observed_data`` and a pointwise ``log_likelihood`` group
-  (``log p(x_n | theta_s)`` for every draw s and data point n, computed by running the
-  model once under a vectorised plate over the draws), so ``az.loo``/``az.waic`` work.
+Every function takes a fitted zoo model or any Pyro program (a model callable with its
+guide), called on data given as a tensor (first argument), a ``zoo.Dataset`` or a dict of
+keyword arguments; no site or plate name is special (see :mod:`inference.traces`).
+
+* :func:`to_inference_data`: an ``arviz.InferenceData`` in one call from a fitted guide,
+  an MCMC run, an exact conjugate posterior (``{site: Distribution}``) or a dict of draws.
+  Every source gets ``posterior`` (``chain``, ``draw`` and named dimensions: ``obs`` for
+  the data plate, a plate's name for another plate, ``pixel`` / ``category`` for a zoo
+  model's pixels and categories), ``observed_data`` and a pointwise ``log_likelihood``
+  group (``log p(x_n | theta_s)`` per observed site, every draw s and data point n, with
+  enumerated discrete sites summed out; the model runs vectorised over the draws, or one
+  draw at a time where it cannot), so ``az.loo``/``az.waic`` work.
 * :func:`diagnose`: the Pareto-smoothed importance-sampling k-hat of a guide used as a
   proposal for the posterior (Yao, Vehtari, Simpson & Gelman 2018, "Yes, but did it
-  work?"), read as k < 0.5 good, 0.5-0.7 usable, > 0.7 unreliable; and, given a
-  reference posterior, the distances of :func:`posterior_distances`.
+  work?"), read as k < 0.5 good, 0.5-0.7 usable, > 0.7 unreliable; KL(q || posterior)
+  estimated from the same weights; and, given a reference posterior, the distances of
+  :func:`posterior_distances`.
 * :func:`posterior_distances`: mean and standard-deviation errors, the mean 1-Wasserstein
   distance between marginals, and the KL divergence where both sides are distributions
   with a closed form.
@@ -30,16 +35,25 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer.importance import vectorized_importance_weights
-from pyro.poutine.util import site_is_subsample
 
 with warnings.catch_warnings():  # arviz 0.2x announces its 1.0 refactor on import
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
 
-from inference.evaluation import _device_of, posterior
-from inference.svi import as_tensor
-from zoo.base import ZooModel
+from inference.traces import (
+    DRAWS,
+    Program,
+    Structure,
+    batched,
+    contract,
+    depends_on_enum,
+    local_rng,
+    map_draws,
+    run_guide,
+    run_model,
+    structure,
+)
+from zoo.base import NoDensityError, ZooModel
 
 __all__ = [
     "diagnose",
@@ -48,6 +62,8 @@ __all__ = [
     "khat_reading",
     "latent_sites",
     "pointwise_log_likelihood",
+    "pointwise_log_likelihoods",
+    "posterior_draws",
     "posterior_distances",
     "psis_khat",
     "to_inference_data",
@@ -61,109 +77,164 @@ KHAT_GOOD, KHAT_OK = 0.5, 0.7
 # ----------------------------------------------------------------------------------------
 # the model's structure
 # ----------------------------------------------------------------------------------------
-def _prototype(model, x) -> pyro.poutine.Trace:
-    """One trace of the model on ``x`` (latents drawn from the prior, or from the guide where the
-    prior cannot be sampled, e.g. an improper flat prior), without side effects."""
-    with torch.no_grad(), poutine.block():
-        try:
-            return poutine.trace(model.model).get_trace(x)
-        except NotImplementedError:
-            guide_trace = poutine.trace(model.guide).get_trace(x)
-            return poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x)
+def latent_sites(model, data=None, guide=None) -> dict[str, dict]:
+    """The model's unobserved sample sites: ``{name: {"shape", "event_dim", "local", "enumerated"}}``.
 
-
-def latent_sites(model, x) -> dict[str, dict]:
-    """The model's unobserved sample sites: ``{name: {"shape", "event_dim", "local"}}``.
-
-    ``local`` is True for sites inside the ``data`` plate (one value per data point).
+    ``local`` is True for sites in the data plate (one value per data point): the plate every
+    observed site shares, whatever its name (see :func:`inference.traces.structure`).
+    ``model`` is a :class:`zoo.ZooModel` or a Pyro model callable; ``data`` a tensor,
+    :class:`zoo.Dataset` or a dict of keyword arguments.
     """
-    trace = _prototype(model, x)
+    st = structure(Program.of(model, data, guide))
+    return {k: {key: v[key] for key in ("shape", "event_dim", "local", "enumerated")} for k, v in st.latent.items()}
+
+
+def _chunk(st: Structure, num: int, requested: int | None) -> int:
+    """Draws per vectorised chunk: the broadcast log-densities stay near 2^24 numbers."""
+    if requested is not None:
+        return max(1, int(requested))
+    per_draw = sum(math.prod(o["shape"]) for o in st.observed.values()) + sum(
+        math.prod(v["shape"]) for v in st.latent.values())
+    per_draw *= max([math.prod(v["shape"][:1]) for v in st.latent.values() if v["enumerated"]] + [1])
+    return max(1, min(num, 2**24 // max(1, per_draw)))
+
+
+def _loglik_groups(trace, st: Structure) -> dict[str, list[str]]:
+    """``{variable: sites}`` of the log-likelihood: each observed site alone, except those that
+    depend on an enumerated site, which form one group with the enumerated sites (summed out)."""
+    groups, joint = {}, []
+    for name in st.observed:
+        (joint if st.enumerated and depends_on_enum(trace, name) else groups.setdefault(name, [])).append(name)
+    if joint:
+        groups["+".join(joint)] = joint + st.enumerated
+    return groups
+
+
+def _pointwise(trace, st: Structure, draws_plate: bool) -> dict[str, torch.Tensor]:
+    """Per group: log p(x_n | theta) with enumerated sites summed out, over (draws?, data?)."""
     out = {}
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-            continue
-        out[name] = dict(
-            shape=tuple(site["value"].shape),
-            event_dim=site["fn"].event_dim,
-            local=any(f.name == "data" for f in site["cond_indep_stack"]),
-            enumerated=site["infer"].get("enumerate") is not None,
-        )
+    for var, names in _loglik_groups(trace, st).items():
+        local = st.data_plate is not None and all(st.observed[n]["local"] for n in names if n in st.observed)
+        if local and st.enumerated and any(n in st.latent and not st.latent[n]["local"] for n in names):
+            local = False  # a global enumerated site couples the data points: one joint value
+        target = ([DRAWS] if draws_plate else []) + ([st.data_plate] if local else [])
+        out[var] = contract(trace, names, target, scaled=False)
     return out
 
 
-def _vectorised(fn, num: int, nesting: int):
-    """``fn`` run inside a plate of ``num`` draws left of the model's own plates."""
+@torch.no_grad()
+def pointwise_log_likelihoods(model, data, draws: dict[str, torch.Tensor], *, guide=None, chunk_size: int | None = None,
+                              progress=None) -> tuple[dict[str, torch.Tensor], bool]:
+    """``{observed variable: log p(x_n | theta_s)}`` of every draw s and data point n, and whether
+    the model ran vectorised over the draws.
 
-    def wrapped(*args, **kwargs):
-        with pyro.plate("_draws", num, dim=-(nesting + 1)):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-def _batched(value: torch.Tensor, shape: tuple, event_dim: int, nesting: int) -> torch.Tensor:
-    """Draws ``(s,) + shape`` reshaped to broadcast under the draw plate (as Predictive does)."""
-    batch_dims = len(shape) - event_dim
-    return value.reshape((value.shape[0],) + (1,) * (nesting - batch_dims) + tuple(shape))
+    ``draws`` maps every sampled latent site to ``(S,) + site shape`` values (empty for a model
+    without such sites: one draw). Each observed site is a variable of its own, shape ``(S, N)``
+    (in the data plate) or ``(S,)``; observed sites that depend on an enumerated discrete site
+    form one variable (names joined by ``+``) with that site summed out, as ``TraceEnum_ELBO``
+    does. The model runs once per chunk of draws under a plate over the draws; a model that
+    cannot broadcast over draws runs once per draw (with a progress bar).
+    """
+    prog = Program.of(model, data, guide)
+    return _pointwise_of(prog, structure(prog), draws, chunk_size, progress)
 
 
 @torch.no_grad()
-def pointwise_log_likelihood(model, data, draws: dict[str, torch.Tensor], *, chunk_size: int | None = None) -> torch.Tensor:
-    """``log p(x_n | theta_s)`` of every draw s and data point n: a ``(S, N)`` tensor.
-
-    ``draws`` maps every latent site of the model to ``(S,) + site shape`` values.
-    The model runs once per chunk of draws, conditioned on them, under a plate over the
-    draws (vectorised: no Python loop over draws or data points). For a site with local
-    latents (``z`` in the data plate) the result is the conditional ``log p(x_n | z_n, theta)``.
-    A model without latent sites (all parameters point estimates), or given no draws of
-    latents it integrates out itself (an enumerated mixture component), gives
-    ``model.log_prob(x)`` as a single draw, shape ``(1, N)``; a model without a density
-    raises :class:`zoo.NoDensityError`.
-    """
-    x = as_tensor(data)
-    model.check_data(x)
-    sites = latent_sites(model, x)
-    if not sites:
-        return model.log_prob(x).reshape(1, -1)
-    missing = sorted(set(sites) - set(draws))
+def _pointwise_of(prog, st, draws, chunk_size=None, progress=None):
+    missing = sorted(set(st.sampled) - set(draws))
     if missing:
-        if not draws:  # latents the model integrates out itself (an enumerated mixture component)
-            return model.log_prob(x).reshape(1, -1)  # (or zoo.NoDensityError saying why not)
         raise NotImplementedError(
-            f"{type(model).__name__}: no draws for latent sites {missing}; the pointwise "
-            "log-likelihood needs a value for every latent site"
-        )
-    nesting = model.max_plate_nesting
+            f"{prog.name}: no draws for latent sites {missing}; the pointwise log-likelihood needs a value for every "
+            "latent site that is not enumerated")
+    draws = {k: v.to(prog.device) for k, v in draws.items() if k in st.sampled}
+    if not draws:
+        return {k: v.unsqueeze(0) for k, v in _pointwise(run_model(prog, st), st, False).items()}, True
     num = next(iter(draws.values())).shape[0]
-    n = x.shape[0]
-    if chunk_size is None:  # keep the broadcast (s, N, data_dim) log-probabilities near 2^24 numbers
-        chunk_size = max(1, min(num, 2**24 // max(1, n * model.dims_per_example)))
-    out = []
-    for start in range(0, num, chunk_size):
-        values = {
-            name: _batched(draws[name][start : start + chunk_size], info["shape"], info["event_dim"], nesting)
-            for name, info in sites.items()
-        }
-        s = next(iter(values.values())).shape[0]
-        conditioned = _vectorised(poutine.condition(model.model, data=values), s, nesting)
-        with poutine.block():
-            trace = poutine.trace(conditioned).get_trace(x)
-        site = trace.nodes["x"]
-        lp = site["fn"].log_prob(site["value"])
-        out.append(_per_data_point(lp, site, s, n, nesting))
-    return torch.cat(out)
+
+    def batch(a, b):
+        return _pointwise(run_model(prog, st, values={k: v[a:b] for k, v in draws.items()}, num=b - a), st, True)
+
+    def one(i):
+        return _pointwise(run_model(prog, st, values={k: v[i] for k, v in draws.items()}), st, False)
+
+    return map_draws(batch, one, num, _chunk(st, num, chunk_size), progress=progress)
 
 
-def _per_data_point(lp: torch.Tensor, site: dict, s: int, n: int, nesting: int) -> torch.Tensor:
-    """Reduce a log-prob with batch dims (draws, *plates) to shape (draws, data points)."""
-    full = nesting + 1
-    if lp.dim() < full:
-        lp = lp.reshape((1,) * (full - lp.dim()) + tuple(lp.shape))
-    data_dims = [f.dim for f in site["cond_indep_stack"] if f.name == "data"]
-    if not data_dims:
-        raise NotImplementedError("the observed site 'x' is not in the 'data' plate")
-    lp = lp.movedim(full + data_dims[0], 1)
-    return lp.expand((s, n) + tuple(lp.shape[2:])).reshape(s, n, -1).sum(-1)
+def pointwise_log_likelihood(model, data, draws: dict[str, torch.Tensor], *, chunk_size: int | None = None,
+                             guide=None) -> torch.Tensor:
+    """The ``(S, N)`` pointwise log-likelihood of a model with one observed variable
+    (see :func:`pointwise_log_likelihoods`)."""
+    ll, _ = pointwise_log_likelihoods(model, data, draws, chunk_size=chunk_size, guide=guide)
+    if len(ll) != 1:
+        raise ValueError(f"the model has several observed variables {sorted(ll)}: use pointwise_log_likelihoods")
+    return next(iter(ll.values()))
+
+
+def _guide_values(trace, st: Structure, num: int | None) -> dict[str, torch.Tensor]:
+    lead = () if num is None else (num,)
+    return {k: trace.nodes[k]["value"].reshape(lead + st.latent[k]["shape"])
+            for k in st.sampled if k in trace.nodes and trace.nodes[k]["type"] == "sample"}
+
+
+@torch.no_grad()
+def posterior_draws(model, data, num_samples: int, *, guide=None, seed: int = 0, progress=None) -> dict[str, torch.Tensor]:
+    """``num_samples`` draws ``(S,) + site shape`` of every sampled latent site from the guide
+    (default the zoo model's own), vectorised where the guide broadcasts over draws; the
+    caller's random state is left as it was."""
+    prog = Program.of(model, data, guide)
+    if prog.guide is None:
+        raise ValueError(f"{prog.name}: give guide= (a plain Pyro model has no guide of its own)")
+    return _guide_draws(prog, structure(prog), num_samples, seed, progress)
+
+
+@torch.no_grad()
+def _guide_draws(prog, st, num, seed, progress):
+    with local_rng(seed, prog.device):
+        out, _ = map_draws(lambda a, b: _guide_values(run_guide(prog, st, prog.guide, b - a), st, b - a),
+                           lambda i: _guide_values(run_guide(prog, st, prog.guide), st, None),
+                           num, _chunk(st, num, None), progress=progress, check=False)
+    return out
+
+
+@torch.no_grad()
+def importance_log_weights(model, data, guide=None, *, num_samples: int = 1000, chunk_size: int | None = None,
+                           seed: int = 0, per_data_point: bool = False, progress=None):
+    """``log p(x, theta_s) - log q(theta_s)`` for ``num_samples`` draws ``theta_s ~ q`` (the guide).
+
+    Returns ``(log_weights, draws {site: (S,) + site shape})``: ``log_weights`` has shape ``(S,)``,
+    or ``(S, N)`` with ``per_data_point`` (a guide over per-data-point latents only, e.g. a VAE's
+    encoder: one weight per draw and data point). Enumerated sites are summed out of
+    ``p(x, theta)``. Vectorised over draws in chunks (one draw at a time where the model cannot
+    broadcast); the caller's random state is left as it was.
+    """
+    prog = Program.of(model, data, guide)
+    return _importance(prog, structure(prog), num_samples, chunk_size, seed, per_data_point, progress)
+
+
+@torch.no_grad()
+def _importance(prog, st, num_samples, chunk_size, seed, per_data_point, progress):
+    if prog.guide is None:
+        raise ValueError(f"{prog.name}: give guide= (a plain Pyro model has no guide of its own)")
+    if not st.sampled:
+        raise ValueError(f"{prog.name} has no latent sites to sample: there is no posterior to approximate")
+    if per_data_point and st.data_plate is None:
+        raise ValueError(f"{prog.name}: per_data_point weights need a data plate (a plate all observed sites share)")
+    target = [st.data_plate] if per_data_point else []
+    model_sites = list(st.latent) + list(st.observed)
+
+    def weights(num):
+        guide_trace = run_guide(prog, st, prog.guide, num)
+        model_trace = run_model(prog, st, guide_trace=guide_trace, num=num)
+        draws = [DRAWS] if num is not None else []
+        g_sites = [k for k, s in guide_trace.nodes.items() if s["type"] == "sample"]
+        lw = contract(model_trace, model_sites, draws + target) - contract(guide_trace, g_sites, draws + target)
+        return {"lw": lw, **_guide_values(guide_trace, st, num)}
+
+    with local_rng(seed, prog.device):
+        out, _ = map_draws(lambda a, b: weights(b - a), lambda i: weights(None), num_samples,
+                           _chunk(st, num_samples, chunk_size), progress=progress, check=False)
+    lw = out.pop("lw")
+    return lw, out
 
 
 # ----------------------------------------------------------------------------------------
@@ -179,163 +250,270 @@ def to_inference_data(
     num_chains: int = 4,
     seed: int = 0,
     log_likelihood: bool = True,
+    discrete: bool = False,
+    num_particles: int = 200,
     dims: dict | None = None,
     coords: dict | None = None,
+    progress=None,
 ) -> az.InferenceData:
-    """An ``arviz.InferenceData`` of a posterior of a zoo model.
+    """An ``arviz.InferenceData`` of a posterior of a zoo model or of any Pyro program.
 
     :param source: one of
 
-        * a fitted :class:`zoo.ZooModel`: ``num_chains x num_draws`` independent draws from
-          its guide (or from ``guide``, e.g. a trained AutoGuide) given ``data``;
-        * a ``pyro.infer.MCMC`` that has run (several chains; ``model`` and ``data``
-          default to the ones it ran on);
+        * a fitted :class:`zoo.ZooModel` (its guide, or ``guide``) or a Pyro model callable with
+          ``guide=`` (a function, an AutoGuide, ...): ``num_chains x num_draws`` independent
+          draws from the guide given ``data``;
+        * an :class:`inference.mcmc.MCMCResult` or a ``pyro.infer.MCMC`` that has run (``model``
+          and ``data`` default to the ones it ran on);
         * a dict ``{site: torch.distributions.Distribution}`` such as
           ``model.exact_posterior(x)``: ``num_chains x num_draws`` exact draws (needs ``model``);
         * a dict ``{site: tensor}`` of draws shaped ``(chains, draws) + site shape``.
-    :param data: the data the posterior conditions on (tensor or :class:`zoo.Dataset`);
-        becomes ``observed_data`` and the points of ``log_likelihood``.
-    :param log_likelihood: add the pointwise ``log_likelihood`` group (variable ``x``,
-        dimensions ``chain, draw, obs``).
+    :param data: what the model is called with: a tensor (its first argument), a
+        :class:`zoo.Dataset`, or a dict of keyword arguments.
+    :param log_likelihood: add the pointwise ``log_likelihood`` group: one variable per observed
+        site (its own name), dims ``chain, draw, obs`` (``obs``: the data plate, whatever its
+        name). Enumerated discrete sites are summed out. For per-data-point latents sampled by
+        a guide with no global latent beside them (a VAE's encoder) the variable is the
+        importance-sampled marginal ``log p(x_n)`` (``num_particles`` draws per point; one
+        "draw", ``attrs["log_likelihood"]`` says so); with global latents too it is
+        conditional on the local ones and a warning says that PSIS-LOO over it is unreliable.
+    :param discrete: add posterior draws of the enumerated discrete sites (``infer_discrete``
+        at temperature 1, one per posterior draw).
     :param dims, coords: ArviZ dimension names and coordinates overriding the defaults.
-    :returns: InferenceData with groups ``posterior``, ``observed_data``, ``log_likelihood``
-        (and ``sample_stats`` with ``diverging`` for MCMC). Independent draws (guide, exact)
-        are split into ``num_chains`` chains, so ``r_hat`` ~ 1 and ESS ~ the number of draws
-        are what ``az.summary`` should report for them. A model without latent sites (all
-        parameters point estimates) gives an empty posterior and one draw of log-likelihood
-        (``attrs["point_estimate"] = 1``).
+    :returns: InferenceData with ``posterior``, ``observed_data``, ``log_likelihood`` (and
+        ``sample_stats.diverging`` for MCMC). Independent draws (guide, exact) are split into
+        ``num_chains`` chains. A site has the same dims whatever the source. Where a group
+        cannot be computed (no density, latent sites the guide does not sample) a warning says
+        why and the group is missing. The caller's random state is left as it was.
     """
-    sample_stats = None
-    attrs = {}
-    if isinstance(source, pyro.infer.MCMC):
-        if model is None:
-            model = getattr(source.kernel.model, "__self__", None)
-            if not isinstance(model, ZooModel):
-                raise TypeError("give model=: the MCMC kernel's model is not a zoo model's method")
-        if data is None:
-            if not source._args:
-                raise ValueError("give data=: the MCMC object has no record of the data it ran on")
-            data = source._args[0]
-        grouped = source.get_samples(group_by_chain=True)
-        x = as_tensor(data)
-        sites = latent_sites(model, x)
-        grouped = {k: v for k, v in grouped.items() if k in sites}
-        sample_stats = _mcmc_stats(source, grouped)
-        attrs["inference"] = "mcmc"
-    elif isinstance(source, ZooModel):
-        if model is not None and model is not source:
-            raise ValueError("model= differs from the fitted model given as source")
-        model = source
-        if data is None:
-            raise ValueError("give the data the guide was fitted to")
-        x = as_tensor(data)
-        sites = latent_sites(model, x)
-        pyro.set_rng_seed(seed)
-        draws = posterior(model, x, num_chains * num_draws, guide=guide) if sites else {}
-        grouped = {k: _by_chain(v, num_chains) for k, v in draws.items() if k in sites}
-        attrs["inference"] = "guide" if guide is None else f"guide:{type(guide).__name__}"
-    elif isinstance(source, dict):
-        if model is None or data is None:
-            raise ValueError("give model= and data= with a dict of distributions or draws")
-        x = as_tensor(data)
-        sites = latent_sites(model, x)
-        grouped = {}
-        if source and all(isinstance(v, torch.distributions.Distribution) for v in source.values()):
-            torch.manual_seed(seed)
-            for k, d in source.items():
-                grouped[k] = d.sample((num_chains, num_draws))
-            attrs["inference"] = "exact"
-        elif all(isinstance(v, torch.Tensor) for v in source.values()):
-            for k, v in source.items():
-                if k in sites and tuple(v.shape[2:]) != sites[k]["shape"]:
-                    raise ValueError(
-                        f"draws of {k!r} must have shape (chains, draws) + {sites[k]['shape']}, got {tuple(v.shape)}"
-                    )
-            grouped = dict(source)
-            attrs["inference"] = "draws"
-        else:
-            raise TypeError("a dict source must map sites to Distributions or to tensors of draws")
-    else:
-        raise TypeError(
-            "to_inference_data accepts a fitted zoo model, a pyro.infer.MCMC, or a dict of "
-            f"distributions or draws; got {type(source).__name__}"
-        )
-    model.check_data(x)
-    unknown = sorted(set(grouped) - set(sites))
+    prog, grouped, stats, attrs = _posterior_source(source, data, model, guide, num_draws, num_chains, seed, progress)
+    kind = attrs["inference"].split(":")[0]
+    st = structure(prog)
+    unknown = sorted(set(grouped) - set(st.latent))
     if unknown:
-        raise ValueError(f"{unknown} are not latent sites of {type(model).__name__} (those are {sorted(sites)})")
-
-    site_dims, site_coords = _default_dims(model, sites, x)
-    site_dims["x"] = ["obs"] + (["pixel"] if x.dim() == 2 else [])
-    site_dims.update(dims or {})
-    site_coords.update(coords or {})
-    for name in site_dims:  # coordinates of every named dimension in use
-        for d, size in zip(site_dims[name], _shape_of(name, grouped, sites, x)):
-            site_coords.setdefault(d, np.arange(size))
-
-    posterior_np = {k: v.detach().cpu().double().numpy() for k, v in grouped.items()}
+        raise ValueError(f"{unknown} are not latent sites of {prog.name} (those are {sorted(st.latent)})")
+    grouped = {k: _site_shaped(k, v, st) for k, v in grouped.items()}
+    if discrete and st.enumerated:
+        grouped.update(_discrete_draws(prog, st, grouped, num_draws, num_chains, seed))
     ll = None
     if log_likelihood:
-        if grouped:
-            chains, per_chain = next(iter(grouped.values())).shape[:2]
-            flat = {k: v.reshape((chains * per_chain,) + v.shape[2:]) for k, v in grouped.items()}
-            lp = pointwise_log_likelihood(model, x, flat).reshape(chains, per_chain, -1)
-        else:
-            lp = pointwise_log_likelihood(model, x, {}).reshape(1, 1, -1)
-            attrs["point_estimate"] = 1
-        ll = {"x": lp.detach().cpu().double().numpy()}
+        ll, more = _log_likelihood_group(prog, st, grouped, kind, num_particles, seed, progress)
+        attrs.update(more)
+    site_dims, site_coords = _default_dims(prog, st, grouped, ll)
+    site_dims.update(dims or {})
+    site_coords.update(coords or {})
+    posterior_np = {k: v.detach().cpu().double().numpy() if v.is_floating_point() else v.cpu().numpy()
+                    for k, v in grouped.items()}
+    observed = {k: o["value"].detach().cpu().numpy() for k, o in st.observed.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # arviz: "more chains than draws" etc.
-        idata = az.from_dict(
+        return az.from_dict(
             posterior=posterior_np or None,
-            log_likelihood=ll,
-            observed_data={"x": x.detach().cpu().numpy()},
-            sample_stats=sample_stats,
-            dims={k: v for k, v in site_dims.items() if k in posterior_np or k == "x"},
+            log_likelihood={k: v.detach().cpu().double().numpy() for k, v in ll.items()} if ll else None,
+            observed_data=observed or None,
+            sample_stats=stats,
+            dims=site_dims,
             coords=site_coords,
-            attrs={"model": type(model).__name__, **attrs},
+            attrs={"model": prog.name, **attrs},
         )
-    return idata
 
 
-def _shape_of(name, grouped, sites, x):
-    if name == "x":
-        return tuple(x.shape)
-    if name in grouped:
-        return tuple(grouped[name].shape[2:])
-    if name in sites:
-        return sites[name]["shape"]
-    return ()
+def _posterior_source(source, data, model, guide, num_draws, num_chains, seed, progress):
+    """(program, {site: (chains, draws, ...)}, sample_stats, attrs) of any accepted source."""
+    from inference.mcmc import MCMCResult
+
+    if isinstance(source, MCMCResult):
+        model = source.model if model is None else model
+        data = source.data if data is None else data
+        source = source.mcmc
+    if isinstance(source, pyro.infer.MCMC):
+        prog = _mcmc_program(source, model, data)
+        st = structure(prog)
+        grouped = {k: v for k, v in source.get_samples(group_by_chain=True).items() if k in st.latent}
+        return prog, grouped, _mcmc_stats(source, grouped), {"inference": "mcmc"}
+    if isinstance(source, dict):
+        if model is None or (data is None and isinstance(model, ZooModel)):
+            raise ValueError("give model= and data= with a dict of distributions or draws")
+        prog = Program.of(model, data, guide)
+        if source and all(isinstance(v, torch.distributions.Distribution) for v in source.values()):
+            with local_rng(seed, prog.device):
+                grouped = {k: d.sample((num_chains, num_draws)) for k, d in source.items()}
+            return prog, grouped, None, {"inference": "exact"}
+        if all(isinstance(v, torch.Tensor) for v in source.values()):
+            return prog, dict(source), None, {"inference": "draws"}
+        raise TypeError("a dict source must map sites to Distributions or to tensors of draws")
+    if isinstance(source, ZooModel) or callable(source):
+        if model is not None and model is not source:
+            raise ValueError("model= differs from the fitted model given as source")
+        if isinstance(source, ZooModel) and data is None:
+            raise ValueError("give the data the guide was fitted to")
+        prog = Program.of(source, data, guide)
+        if prog.guide is None:
+            raise ValueError(f"{prog.name}: give guide= (the guide fitted to it) to draw a posterior")
+        st = structure(prog)
+        draws = _guide_draws(prog, st, num_chains * num_draws, seed, progress) if st.sampled else {}
+        grouped = {k: v.reshape((num_chains, num_draws) + v.shape[1:]) for k, v in draws.items()}
+        name = "guide" if guide is None else f"guide:{getattr(guide, '__name__', type(guide).__name__)}"
+        return prog, grouped, None, {"inference": name}
+    raise TypeError(
+        "to_inference_data accepts a fitted zoo model, a Pyro model callable with guide=, an MCMCResult or "
+        f"pyro.infer.MCMC, or a dict of distributions or draws; got {type(source).__name__}")
 
 
-def _by_chain(v: torch.Tensor, num_chains: int) -> torch.Tensor:
-    return v.reshape((num_chains, v.shape[0] // num_chains) + v.shape[1:])
+def _mcmc_program(run, model, data) -> Program:
+    if model is None:
+        fn = run.kernel.model
+        model = getattr(fn, "__self__", None) if isinstance(getattr(fn, "__self__", None), ZooModel) else fn
+        if model is None:
+            raise TypeError("give model=: the MCMC kernel has no model (it was built from a potential_fn)")
+    if data is None:
+        if isinstance(model, ZooModel):
+            if not run._args:
+                raise ValueError("give data=: the MCMC object has no record of the data it ran on")
+            data = run._args[0]
+        else:
+            prog = Program.of(model)
+            prog.args, prog.kwargs = tuple(run._args), dict(run._kwargs)
+            return prog
+    return Program.of(model, data)
 
 
-def _default_dims(model, sites: dict, x) -> tuple[dict, dict]:
-    """Named dimensions: ``obs`` (data plate), ``pixel`` / ``category``, else ``SITE_dim_i``.
+def _site_shaped(name, v: torch.Tensor, st: Structure) -> torch.Tensor:
+    """Draws ``(chains, draws) + the site's shape`` whatever the source gave (a guide's scalar
+    site may come as ``(..., 1)``)."""
+    shape = st.latent[name]["shape"]
+    if tuple(v.shape[2:]) != shape:
+        if v.dim() < 2 or math.prod(v.shape[2:]) != math.prod(shape):
+            raise ValueError(f"draws of {name!r} must have shape (chains, draws) + {shape}, got {tuple(v.shape)}")
+        v = v.reshape(tuple(v.shape[:2]) + shape)
+    return v
 
-    A model may set ``arviz_dims = {site: [names]}`` to name its own.
-    """
-    dims, coords = {}, {}
-    own = dict(getattr(model, "arviz_dims", None) or {})
-    for name, info in sites.items():
-        if name in own:
-            dims[name] = list(own[name])
-            continue
-        shape = info["shape"]
-        names = []
-        for i, size in enumerate(shape):
-            if info["local"] and i == len(shape) - info["event_dim"] - 1:
-                names.append("obs")
-            elif i == len(shape) - 1 and model.support == "binary" and size == model.data_dim:
-                names.append("pixel")
-            elif i == len(shape) - 1 and model.support == "categorical" and size == model.num_categories:
-                names.append("category")
-            else:
-                names.append(f"{name}_dim_{i}")
-        dims[name] = names
+
+def _log_likelihood_group(prog, st, grouped, kind, num_particles, seed, progress) -> tuple[dict | None, dict]:
+    """The log_likelihood group's variables ``(chains, draws, ...)`` and attrs; None with a warning
+    where it does not apply."""
+    why = _no_density(prog)
+    lacking = sorted(set(st.sampled) - set(grouped))
+    if not why and lacking:
+        why = f"latent sites {lacking} have no draws (the guide does not sample them)"
+    if why:
+        warnings.warn(f"{prog.name}: no log_likelihood group: {why}", UserWarning, stacklevel=3)
+        return None, {}
+    local, attrs = st.local, {}
+    if local and kind == "guide" and not set(st.sampled) - set(local):
+        return _marginal_group(prog, st, num_particles, seed, progress)
+    if local:
+        warnings.warn(
+            f"{prog.name}: the log_likelihood group is conditional on the per-data-point latent sites {local} "
+            "(log p(x_n | z_n, theta)); PSIS-LOO over it is unreliable (expect large Pareto k)", UserWarning, stacklevel=3)
+        attrs["log_likelihood"] = f"conditional on the per-data-point latents {local}"
+    chains, per_chain = next(iter(grouped.values())).shape[:2] if grouped else (1, 1)
+    if not grouped:
+        attrs["point_estimate"] = 1
+    flat = {k: v.reshape((chains * per_chain,) + v.shape[2:]) for k, v in grouped.items() if k in st.sampled}
+    ll, vectorised = _pointwise_of(prog, st, flat, progress=progress)
+    if not vectorised:
+        attrs["vectorised"] = 0
+    return {k: v.reshape((chains, per_chain) + v.shape[1:]) for k, v in ll.items()}, attrs
+
+
+def _marginal_group(prog, st, num_particles, seed, progress):
+    """log p(x_n), importance-sampled with the guide over the per-data-point latents."""
+    lw, _ = _importance(prog, st, num_particles, None, seed + 1, True, progress)
+    marginal = torch.logsumexp(lw.double(), 0) - math.log(lw.shape[0])
+    attrs = dict(log_likelihood=f"importance-sampled marginal log p(x_n): {num_particles} guide draws per data point "
+                                f"of the per-data-point latents {st.local}", point_estimate=1)
+    return {"+".join(st.observed): marginal.reshape((1, 1) + marginal.shape)}, attrs
+
+
+def _no_density(prog) -> str | None:
+    """Why the model has no density to evaluate (a zoo model whose log_prob raises NoDensityError)."""
+    if prog.zoo is None or not prog.args:
+        return None
+    try:
+        prog.zoo.log_prob(prog.args[0][:1])
+    except NoDensityError as e:
+        return str(e).split(";")[0]
+    return None
+
+
+def _discrete_draws(prog, st, grouped, num_draws, num_chains, seed) -> dict:
+    """Posterior draws of the enumerated sites given each draw of the others (``infer_discrete``)."""
+    from pyro.infer import infer_discrete
+
+    chains, per_chain = next(iter(grouped.values())).shape[:2] if grouped else (num_chains, num_draws)
+    num = chains * per_chain
+    flat = {k: v.reshape((num,) + v.shape[2:]) for k, v in grouped.items() if k in st.sampled}
+
+    def sample(values, num):
+        if num is not None:
+            values = {k: batched(v, st.latent[k]["shape"], st.latent[k]["event_dim"], st.nesting) for k, v in values.items()}
+        fn = poutine.condition(prog.model, data=values)
+        first = -(st.nesting + 1)
+        if num is not None:
+            fn, first = _draws_plate(fn, num, first), first - 1
+        fn = infer_discrete(fn, first_available_dim=first, temperature=1)
+        with poutine.block():
+            tr = poutine.trace(fn).get_trace(*prog.args, **prog.kwargs)
+        lead = () if num is None else (num,)
+        return {k: tr.nodes[k]["value"].reshape(lead + st.latent[k]["shape"]) for k in st.enumerated}
+
+    with local_rng(seed + 2, prog.device), torch.no_grad():
+        out, _ = map_draws(lambda a, b: sample({k: v[a:b] for k, v in flat.items()}, b - a),
+                           lambda i: sample({k: v[i] for k, v in flat.items()}, None), num, 100, check=False)
+    return {k: v.reshape((chains, per_chain) + st.latent[k]["shape"]) for k, v in out.items()}
+
+
+def _draws_plate(fn, num, dim):
+    def wrapped(*args, **kwargs):
+        with pyro.plate(DRAWS, num, dim=dim):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _default_dims(prog, st, grouped, ll) -> tuple[dict, dict]:
+    """Named dimensions of every variable: ``obs`` for the data plate (whatever its name; the
+    plate's name where a site is called ``obs``), a
+    plate's own name for another plate, ``pixel`` / ``category`` for a zoo model's pixels and
+    categories, else ``SITE_dim_i``. A zoo model may set ``arviz_dims = {site: [names]}``."""
+    own = dict(getattr(prog.zoo, "arviz_dims", None) or {})
+    names = set(grouped) | set(st.observed) | set(ll or {})
+    obs = next(d for d in ("obs", st.data_plate, f"{st.data_plate}_dim") if d not in names)  # a dim is no variable
+    dims = {}
+    for name, v in grouped.items():
+        dims[name] = list(own[name]) if name in own else _site_dims(prog, st, name, st.latent[name], tuple(v.shape[2:]), obs)
+    for name, o in st.observed.items():
+        dims[name] = list(own[name]) if name in own else _site_dims(prog, st, name, o, o["shape"], obs)
+    for var, v in (ll or {}).items():  # one dims list per name in ArviZ: an observed site's serves both
+        if var not in dims:
+            dims[var] = [obs] if v.dim() > 2 and st.data_plate is not None else []
+    coords = {}
+    for name, names in dims.items():
+        shape = tuple(grouped[name].shape[2:]) if name in grouped else (
+            st.observed[name]["shape"] if name in st.observed else tuple(ll[name].shape[2:]))
+        for d, size in zip(names, shape):
+            coords.setdefault(d, np.arange(size))
     return dims, coords
+
+
+def _site_dims(prog, st, name, info, shape, obs) -> list[str]:
+    batch = len(shape) - info["event_dim"]
+    plates = {dim: plate for plate, dim in info["frames"]}
+    zoo_model = prog.zoo
+    names = []
+    for i, size in enumerate(shape):
+        plate = plates.get(i - batch) if i < batch else None
+        if plate is not None:
+            names.append(obs if plate == st.data_plate else plate)
+        elif zoo_model is not None and i == len(shape) - 1 and zoo_model.support == "binary" and size == zoo_model.data_dim:
+            names.append("pixel")
+        elif zoo_model is not None and i == len(shape) - 1 and zoo_model.support == "categorical" \
+                and size == zoo_model.num_categories:
+            names.append("category")
+        else:
+            names.append(f"{name}_dim_{i}")
+    return names
 
 
 def _mcmc_stats(mcmc, grouped) -> dict | None:
@@ -357,46 +535,19 @@ def _mcmc_stats(mcmc, grouped) -> dict | None:
 def guide_from_distributions(distributions: dict) -> callable:
     """A guide that draws each site from the given distribution (e.g. an exact posterior)."""
 
-    def guide(x=None, num_data=None):
+    def guide(*args, **kwargs):
         for name, d in distributions.items():
             pyro.sample(name, d)
 
     return guide
 
 
-@torch.no_grad()
-def importance_log_weights(model, data, guide=None, *, num_samples: int = 1000, chunk_size: int | None = None, seed: int = 0):
-    """``log p(x, theta_s) - log q(theta_s)`` for ``num_samples`` draws ``theta_s ~ q``.
-
-    Returns ``(log_weights (S,), draws {site: (S,) + site shape})``. Vectorised with
-    Pyro's ``vectorized_importance_weights``, in chunks of draws to bound memory.
-    """
-    x = as_tensor(data)
-    model.check_data(x)
-    x = x.to(_device_of(model))
-    guide = model.guide if guide is None else guide
-    sites = latent_sites(model, x)
-    if not sites:
-        raise ValueError(f"{type(model).__name__} has no latent sites: there is no posterior to approximate")
-    if chunk_size is None:
-        chunk_size = max(1, min(num_samples, 2**24 // max(1, x.shape[0] * model.dims_per_example)))
-    pyro.set_rng_seed(seed)
-    weights, draws = [], {k: [] for k in sites}
-    for start in range(0, num_samples, chunk_size):
-        s = min(chunk_size, num_samples - start)
-        with poutine.block():
-            lw, _, guide_trace = vectorized_importance_weights(
-                model.model, guide, x, num_samples=s, max_plate_nesting=model.max_plate_nesting
-            )
-        weights.append(lw.reshape(s))
-        for k, info in sites.items():
-            draws[k].append(guide_trace.nodes[k]["value"].reshape((s,) + info["shape"]))
-    return torch.cat(weights), {k: torch.cat(v) for k, v in draws.items()}
-
-
-def psis_khat(log_weights) -> float:
-    """The Pareto k-hat of the largest importance weights (``az.psislw``)."""
+def psis_khat(log_weights) -> float | np.ndarray:
+    """The Pareto k-hat of the largest importance weights (``az.psislw``): a float for ``(S,)``
+    weights, one per column for ``(S, N)``."""
     lw = np.asarray(torch.as_tensor(log_weights, dtype=torch.float64).cpu())
+    if lw.ndim == 2:
+        return np.array([psis_khat(lw[:, j]) for j in range(lw.shape[1])])
     if not np.all(np.isfinite(lw)):
         return math.inf
     if np.ptp(lw) < 1e-9 * max(1.0, np.abs(lw).max()):  # constant weights: perfect proposal
@@ -409,7 +560,7 @@ def psis_khat(log_weights) -> float:
 
 def khat_reading(k: float) -> str:
     """The standard reading of a PSIS k-hat."""
-    if math.isnan(k):
+    if k is None or math.isnan(k):
         return "undefined"
     if k < KHAT_GOOD:
         return "good"
@@ -418,26 +569,64 @@ def khat_reading(k: float) -> str:
     return "unreliable"
 
 
-def diagnose(model, data, *, guide=None, reference=None, num_samples: int = 1000, seed: int = 0) -> dict:
-    """Check a variational fit: PSIS k-hat of the guide as a proposal, and its distance to a reference.
+def _kl_estimate(lw: torch.Tensor) -> float:
+    """KL(q || posterior) = log p(x) - ELBO, both from the weights (log-mean-exp minus mean)."""
+    lw = lw.double()
+    return float((torch.logsumexp(lw, 0) - math.log(lw.shape[0]) - lw.mean(0)).sum())
 
-    :param guide: the guide to check (default ``model.guide``).
+
+def diagnose(model, data, *, guide=None, reference=None, num_samples: int = 1000, seed: int = 0, progress=None) -> dict:
+    """Check a variational fit: PSIS k-hat of the guide as a proposal, KL, and distances to a reference.
+
+    :param model: a :class:`zoo.ZooModel` or a Pyro model callable (then ``guide`` is required).
+    :param guide: the guide to check (default the zoo model's own).
     :param reference: a reference posterior: ``{site: Distribution}`` (e.g. the exact one),
         ``{site: draws (S, ...)}`` (e.g. from MCMC), or an InferenceData.
-    :returns: ``{"khat", "khat_reading", "is_ess", "num_samples"}`` plus ``"distances"``
-        (from :func:`posterior_distances`) when a reference is given. A guide whose draws do
-        not vary (a point mass such as AutoDelta) is no proposal: k-hat is ``inf``.
+    :returns: ``{"khat", "khat_reading", "is_ess", "kl", "elbo", "log_evidence", "num_samples"}``
+        plus ``"distances"`` (:func:`posterior_distances`) with a reference. ``kl`` is KL(q ||
+        posterior) estimated from the same weights (log-mean-exp of the log weights, an estimate
+        of log p(x), minus their mean, the ELBO; low by the Jensen gap of S draws). Enumerated
+        discrete sites are summed out of p(x, theta). For a guide over per-data-point latents only
+        (a VAE's encoder), the weights are per data point: ``khat`` is the largest over the data
+        points (``khat_median`` beside it, ``per_data_point`` True) and ``kl``, ``elbo`` and
+        ``log_evidence`` are sums over them. A guide whose draws do not vary (AutoDelta) is no
+        proposal: k-hat is ``inf``. Where k-hat does not apply (no latent sites, no density, sites
+        the guide does not sample) the result has ``khat`` None, ``khat_reading`` saying why, and
+        a warning.
     """
-    log_w, draws = importance_log_weights(model, data, guide, num_samples=num_samples, seed=seed)
+    prog = Program.of(model, data, guide)
+    st = structure(prog)
+    why = _no_density(prog) or (None if st.sampled else "no latent sites to sample (no posterior to approximate)")
+    if not why and prog.guide is None:
+        why = "no guide"
+    if why:
+        warnings.warn(f"{prog.name}: no PSIS k-hat: {why}", UserWarning, stacklevel=2)
+        return {"khat": None, "khat_reading": f"not applicable: {why}", "num_samples": int(num_samples)}
+    per_point = bool(st.local) and not set(st.sampled) - set(st.local)
+    log_w, draws = _importance(prog, st, num_samples, None, seed, per_point, progress)
+    lacking = sorted(set(st.sampled) - set(draws))
+    if lacking:
+        why = f"latent sites {lacking} are not sampled by the guide"
+        warnings.warn(f"{prog.name}: no PSIS k-hat: {why}", UserWarning, stacklevel=2)
+        return {"khat": None, "khat_reading": f"not applicable: {why}", "num_samples": int(num_samples)}
     point_mass = all(bool((v == v[:1]).all()) for v in draws.values())
-    k = math.inf if point_mass else psis_khat(log_w)
+    k = psis_khat(log_w)
+    k_all = np.atleast_1d(k)
+    k_max = math.inf if point_mass else float(np.max(k_all))
     w = torch.softmax(log_w.double(), 0)
+    elbo = float(log_w.double().mean(0).sum())
     out = {
-        "khat": k,
-        "khat_reading": "point mass (not a proposal)" if point_mass else khat_reading(k),
-        "is_ess": float(1.0 / (w**2).sum()),  # importance-sampling effective sample size
+        "khat": k_max,
+        "khat_reading": "point mass (not a proposal)" if point_mass else khat_reading(k_max),
+        "is_ess": float((1.0 / (w**2).sum(0)).min()),  # importance-sampling effective sample size
+        "kl": math.inf if point_mass else _kl_estimate(log_w),
+        "elbo": elbo,
+        "log_evidence": float((torch.logsumexp(log_w.double(), 0) - math.log(num_samples)).sum()),
         "num_samples": int(num_samples),
+        "per_data_point": per_point,
     }
+    if per_point:
+        out["khat_median"] = math.inf if point_mass else float(np.median(k_all))
     if reference is not None:
         out["distances"] = posterior_distances(draws, reference)
     return out

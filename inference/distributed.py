@@ -1,7 +1,7 @@
 """Data-parallel training with :mod:`torch.distributed` (one process per CPU or GPU).
 
 Under ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
-rendezvous address), :func:`inference.fit` and :func:`inference.loop.train_loop` run
+rendezvous address), :func:`inference.fit` and :class:`inference.loop.Trainer` run
 data-parallel with no change to the calling code::
 
     torchrun --nproc_per_node=4 --no-python zoo train vae --data mnist --device cuda
@@ -151,7 +151,7 @@ def average_gradients(params_or_optimizer) -> None:
     One all-reduce of all gradients, flattened together with a has-gradient mask, so a
     parameter that got a gradient on some ranks only is updated on all of them. Given
     an optimiser, marks its gradients as averaged, so that the step pre-hook installed
-    by :func:`inference.loop.train_loop` does not average them again (call it yourself
+    by :class:`inference.loop.Trainer` does not average them again (call it yourself
     when the gradients must be averaged before the step, e.g. before clipping them).
     """
     if isinstance(params_or_optimizer, torch.optim.Optimizer):

@@ -8,7 +8,7 @@ from pyro.infer import Predictive
 from tqdm.auto import tqdm
 
 from inference.svi import as_tensor
-from zoo.base import NoDensityError
+from zoo.base import NoDensityError, ZooModel
 
 __all__ = ["evaluate", "exact_posterior", "posterior"]
 
@@ -58,8 +58,14 @@ def posterior(model, data, num_samples: int = 1000, *, guide=None) -> dict[str, 
     """``num_samples`` draws of every latent site from the fitted guide, given ``data``.
 
     Each value has shape ``(num_samples,) + site shape`` (e.g. ``(S, data_dim)`` for the
-    ``bernoulli`` model's ``p``, ``(S, N, latent_dim)`` for local latents ``z``).
+    ``bernoulli`` model's ``p``, ``(S, N, latent_dim)`` for local latents ``z``). A plain Pyro
+    model callable needs its ``guide``; its ``data`` is a tensor (first argument), a
+    :class:`zoo.Dataset` or a dict of keyword arguments.
     """
+    if not isinstance(model, ZooModel):
+        from inference.diagnostics import posterior_draws
+
+        return posterior_draws(model, data, num_samples, guide=guide)
     x = as_tensor(data)
     model.check_data(x)
     x = x.to(_device_of(model))

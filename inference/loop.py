@@ -1,47 +1,66 @@
-"""The training loop that every engine of the zoo shares.
+"""The one :class:`Trainer` every engine of the zoo runs on.
 
-It owns everything that is not the objective: minibatches, seeding, the learning-rate
-schedule, the progress bar, validation and early stopping, the NaN guard, checkpoints,
-resumption after an interruption and the metric log of a run folder. An engine (SVI in
-:mod:`inference.svi`, the adversarial trainer for the GAN) supplies only ``step_fn``,
-one optimisation step on a minibatch.
+A trainer drives a *step object* (one optimisation step on a minibatch:
+:class:`inference.svi.SVIStep`, :class:`inference.adversarial.AdversarialStep`) over
+minibatches, owns the training state (:meth:`Trainer.state_dict`,
+:meth:`Trainer.load_state_dict`) and runs :mod:`callbacks <inference.callbacks>`:
+checkpoints, the metric log, early stopping, the NaN and blow-up guard, progress.
+
+A step object has ``modules`` (name -> ``nn.Module``, checkpointed), ``__call__(batch,
+step) -> {name: loss}`` (per-example losses; the first is "the" loss; names starting with
+``_`` are checks, not history), ``set_lr(step, schedule)``, ``parameters()`` and
+``state_dict()``/``load_state_dict(state, batch)``.
 
 Determinism: the minibatch of step t depends only on (seed, t), and a checkpoint holds
-every random state that training consumes, so a run resumed from step t ends with the
-same parameters as an uninterrupted run with the same seed.
+every random state that training consumes and the running averages of the metric log, so
+a run resumed from step t ends with the same parameters and the same log as an
+uninterrupted run with the same seed.
 """
 from __future__ import annotations
 
-import copy
-import json
 import math
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import pyro
 import torch
-from tqdm.auto import tqdm
 
-from inference.checkpoint import (
-    CheckpointError,
-    get_rng_state,
-    load_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
+from inference import distributed as ddp
+from inference.checkpoint import CHECKPOINT, METRICS, CheckpointError, get_rng_state, set_rng_state  # noqa: F401
 
-__all__ = ["CHECKPOINT", "METRICS", "DivergenceError", "FitResult", "Minibatches", "batch_indices", "train_loop"]
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
+__all__ = [
+    "DivergenceError",
+    "EpochData",
+    "FitResult",
+    "Interrupted",
+    "Minibatches",
+    "Schedule",
+    "Trainer",
+    "batch_indices",
+    "epoch_permutation",
+    "lr_at",
+]
 
 
 class DivergenceError(FloatingPointError):
-    """The loss became NaN or infinite; the run folder keeps its last good checkpoint."""
+    """The loss, a gradient or a parameter became NaN or infinite, or the loss blew up;
+    the checkpoint keeps the last good (finite) state."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the run checkpointed (if it has a checkpoint) and stopped.
+
+    :ivar signum: the signal (``signal.SIGINT`` or ``signal.SIGTERM``); a command line
+        exits with ``128 + signum`` (130, 143).
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -59,7 +78,8 @@ class FitResult:
         by validation loss are then restored).
     :ivar resumed_from: the step the run resumed from, or None.
     :ivar seconds: wall time of this call.
-    :ivar run_dir: the run folder, or None.
+    :ivar train_seconds: training time summed over all the run's parts (resumes included).
+    :ivar run_dir: the folder of the checkpoint, or None.
     :ivar settings: the resolved settings of the run.
     :ivar seconds_per_step: wall time per step after the first few (which may compile
         or trace), from the end of warm-up to the end of the run; None for short runs.
@@ -77,31 +97,20 @@ class FitResult:
     settings: dict = field(default_factory=dict)
     seconds_per_step: float | None = None
     world_size: int = 1
+    train_seconds: float = 0.0
 
 
-class _Interrupt:
-    """Turns Ctrl-C into a request to stop at the end of the current step."""
+# ----- schedule and minibatches ---------------------------------------------------------
+@runtime_checkable
+class EpochData(Protocol):
+    """Training data drawn afresh each epoch (e.g. dynamic binarisation): epoch e trains on
+    ``for_epoch(e)``, a tensor with the same rows in the same order, drawn from the data
+    set's own seed and e only (so a resumed run sees the same draws)."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
+    def for_epoch(self, epoch: int) -> torch.Tensor: ...
 
 
+# ----- schedule and minibatches ---------------------------------------------------------
 def lr_at(step: int, total: int, lr: float, schedule: str, final_fraction: float) -> float:
     """The learning rate of ``step``: constant, or cosine-decayed to ``final_fraction * lr``."""
     if schedule == "constant" or total <= 1:
@@ -110,6 +119,18 @@ def lr_at(step: int, total: int, lr: float, schedule: str, final_fraction: float
         t = min(step / (total - 1), 1.0)
         return lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
     raise ValueError(f"unknown lr_schedule {schedule!r}; choose 'cosine' or 'constant'")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning-rate schedule of a run of ``total`` steps (see :func:`lr_at`)."""
+
+    total: int
+    kind: str = "cosine"
+    final_fraction: float = 0.01
+
+    def __call__(self, step: int, lr: float) -> float:
+        return lr_at(step, self.total, lr, self.kind, self.final_fraction)
 
 
 def epoch_permutation(epoch: int, num_data: int, seed: int) -> torch.Tensor:
@@ -122,24 +143,31 @@ def batch_indices(step: int, num_data: int, batch_size: int, seed: int) -> torch
     """Indices of the minibatch of ``step``: epochs of reshuffled full batches.
 
     An epoch is ``num_data // batch_size`` steps (the remainder is dropped, and falls in
-    another batch in the next epoch's shuffle), so every minibatch has one size.
+    another batch in the next epoch's shuffle), so every minibatch has one size. A full
+    batch is never shuffled: it is ``range(num_data)`` in order.
     """
+    if batch_size >= num_data:
+        return torch.arange(num_data)
     per_epoch = max(num_data // batch_size, 1)
     epoch, i = divmod(step, per_epoch)
     return epoch_permutation(epoch, num_data, seed)[i * batch_size : (i + 1) * batch_size]
 
 
 class Minibatches:
-    """The minibatches of :func:`batch_indices`, drawn from data on its device.
+    """The row indices of :func:`batch_indices`, on the data's device, and the rows.
 
     The permutation is computed once per epoch (not once per step) and moved to the
-    data's device once, so a step costs one slice and one gather on the device. In a
-    data-parallel run, rank r of W gets the r-th contiguous slice of the global batch.
+    device once. In a data-parallel run, rank r of W gets the r-th contiguous slice of
+    the global batch. ``source`` is a tensor, or an object with ``for_epoch(e)`` returning
+    epoch e's tensor (same rows, e.g. a fresh binarisation drawn from the data set's
+    seed and e), which :meth:`rows` then reads.
     """
 
-    def __init__(self, data: torch.Tensor, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.data, self.seed = data, seed
-        self.num_data = data.shape[0]
+    def __init__(self, data, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.source = data
+        self.data = data if isinstance(data, torch.Tensor) else None
+        self.num_data = len(data)
+        self.seed = seed
         self.batch_size = min(batch_size, self.num_data)
         self.per_epoch = max(self.num_data // self.batch_size, 1)
         if self.batch_size % world_size:
@@ -150,295 +178,294 @@ class Minibatches:
         self.local = self.batch_size // world_size
         self.offset = rank * self.local
         self._epoch, self._perm = None, None
+        self._rows_epoch, self._rows = None, None
+        self.device = self.data.device if self.data is not None else torch.device("cpu")
 
     def indices(self, step: int) -> torch.Tensor:
         """This process's indices of the global minibatch of ``step``."""
         epoch, i = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch
-            self._perm = epoch_permutation(epoch, self.num_data, self.seed).to(self.data.device)
+            if self.batch_size >= self.num_data:
+                self._perm = torch.arange(self.num_data, device=self.device)
+            else:
+                self._perm = epoch_permutation(epoch, self.num_data, self.seed).to(self.device)
         start = i * self.batch_size + self.offset
         return self._perm[start : start + self.local]
 
+    def epoch_data(self, step: int) -> torch.Tensor:
+        """The data of the epoch of ``step`` (``source.for_epoch(e)`` where it has one)."""
+        if self.data is not None:
+            return self.data
+        epoch = step // self.per_epoch
+        if epoch != self._rows_epoch:
+            self._rows_epoch, self._rows = epoch, self.source.for_epoch(epoch).to(self.device)
+        return self._rows
+
+    def to(self, device) -> "Minibatches":
+        self.device = torch.device(device)
+        if self.data is not None:
+            self.data = self.data.to(self.device)
+        self._epoch = self._rows_epoch = None
+        return self
+
     def __call__(self, step: int) -> torch.Tensor:
-        return self.data[self.indices(step)]
+        return self.epoch_data(step)[self.indices(step)]
 
 
-def train_loop(
-    *,
-    step_fn: Callable[[torch.Tensor, int], dict[str, torch.Tensor | float]],
-    data: torch.Tensor,
-    modules: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    settings: dict,
-    total_steps: int,
-    batch_size: int,
-    seed: int,
-    lr: float | dict[str, float],
-    lr_schedule: str = "cosine",
-    final_lr_fraction: float = 0.01,
-    val_fn: Callable[[], float] | None = None,
-    early_stopping: int | None = None,
-    run_dir: str | Path | None = None,
-    resume: bool = True,
-    checkpoint_every: int | None = None,
-    progress: bool = True,
-    desc: str = "train",
-    sync_every: int | None = None,
-    distributed: bool | None = None,
-) -> FitResult:
-    """Run ``step_fn(batch, step)`` for ``total_steps`` steps (see the module docstring).
+# ----- the trainer ----------------------------------------------------------------------
+class _Interrupt:
+    """Turns Ctrl-C and SIGTERM into a request to stop (and checkpoint) after this step.
 
-    ``step_fn`` returns a dict of per-example losses (the first is "the" loss).
-    ``lr`` (per optimiser, or one for all) is set before every step by the schedule.
-    ``settings`` (plain values) are stored in the checkpoint; resuming a run folder whose
-    checkpoint has other settings raises :class:`CheckpointError`.
-
-    ``sync_every``: how many steps' losses are read back to the host at once (for the
-    NaN guard and the history). Reading a loss from a GPU waits for the GPU, so on CUDA
-    the losses are checked every 25 steps by default (and always before a checkpoint,
-    a log line or the end); a non-finite loss still raises, naming its step, and never
-    reaches a checkpoint. On the CPU the default is every step.
-
-    ``distributed``: run data-parallel (see :mod:`inference.distributed`) when launched
-    by torchrun (None, the default), always (True: raise if not launched so) or never
-    (False). Each rank gets its slice of the global minibatch, gradients are averaged
-    over the ranks before every optimiser step, the losses are averaged, and rank 0
-    alone writes the checkpoint, the metric log and the progress bar.
+    A second signal stops at once (an :class:`Interrupted` naming the step and the last
+    checkpoint), except while a checkpoint is being written, which it lets finish.
     """
-    from inference import distributed as ddp
 
-    t0 = time.perf_counter()
-    ctx = ddp.context(data.device, required=distributed)
-    rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
-    main = rank == 0
-    num_data = data.shape[0]
-    batches = Minibatches(data, batch_size, seed, rank, world)
-    batch_size = batches.batch_size
-    per_epoch = batches.per_epoch
-    if sync_every is None:
-        sync_every = 25 if data.device.type == "cuda" else 1
-    sync_every = max(int(sync_every), 1)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_dir / CHECKPOINT if run_dir else None
-    log_path = run_dir / METRICS if run_dir and main else None
-    checkpoint_every = checkpoint_every or max(total_steps // 10, 1)
-    lrs = lr if isinstance(lr, dict) else {k: lr for k in optimizers}
-    # log (and validate) at epoch ends, at most ~100 times per run
-    log_every = max(math.ceil(total_steps / per_epoch / 100), 1) * per_epoch
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    history: dict[str, list[float]] = {}
-    val_losses: list[tuple[int, float]] = []
-    best = {"val": math.inf, "step": -1, "bad_epochs": 0, "state": None}
-    start = 0
-    resumed_from = None
+    def __init__(self, describe: Callable[[], str]):
+        self.requested = None  # the signal number once requested
+        self.saving = False
+        self.describe = describe
+        self._previous = {}
 
-    def state_dict(step: int, rng: list) -> dict:
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None and not self.saving:
+            raise Interrupted(f"interrupted twice, stopped at once: {self.describe()}", signum)
+        self.requested = self.requested or signum
+
+    def __exit__(self, *exc):
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        return False
+
+
+class Trainer:
+    """Runs ``step`` for ``total_steps`` steps over ``batches`` (see the module docstring).
+
+    :param step: the step object.
+    :param batches: ``batches(t)`` is the batch of step t; ``per_epoch`` steps make an epoch.
+    :param settings: plain values stored in the checkpoint; a resume with others is refused.
+    :param callbacks: :class:`inference.callbacks.Callback` objects, run in order.
+    :param val_fn: the validation loss (per example), computed at each epoch end.
+    :param sync_every: how many steps' losses are read back to the host at once (the
+        NaN guard and the history). On CUDA this is 25 by default (reading a loss waits
+        for the GPU), and always before a checkpoint, a log line or the end; on the CPU 1.
+    """
+
+    def __init__(self, step, batches, *, total_steps: int, seed: int, schedule: Schedule,
+                 settings: dict, callbacks=(), val_fn=None, sync_every: int | None = None,
+                 context=None, device=None, seconds_so_far: float = 0.0):
+        self.step_obj, self.batches = step, batches
+        self.total_steps, self.seed, self.schedule = total_steps, seed, schedule
+        self.settings, self.callbacks, self.val_fn = settings, list(callbacks), val_fn
+        self.ctx = context
+        self.rank, self.world = (context.rank, context.world_size) if context else (0, 1)
+        self.is_main = self.rank == 0
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if sync_every is None:
+            sync_every = 25 if self.device.type == "cuda" else 1
+        self.sync_every = max(int(sync_every), 1)
+        self.per_epoch = getattr(batches, "per_epoch", 1)
+        # log (and validate) at epoch ends, at most ~100 times per run
+        self.log_every = max(math.ceil(total_steps / self.per_epoch / 100), 1) * self.per_epoch
+        # the state (state_dict / load_state_dict)
+        self.done = 0
+        self.history: dict[str, list[float]] = {}
+        self.window: dict[str, list[float]] = {}
+        self.val_losses: list[tuple[int, float]] = []
+        self.train_seconds = seconds_so_far
+        self.resumed_from = None
+        self.stop_requested = False
+        self.stopped_early = False
+        self.last_good = None  # (step, where) of the last checkpoint written or resumed
+        self.pending: list[tuple[int, dict]] = []
+        self.interrupt = None
+
+    # ----- state --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs: step, settings, the step object's state
+        (modules, optimisers), random states of every rank, history, running averages."""
+        rng = ddp.all_gather_object(get_rng_state()) if self.ctx else [get_rng_state()]
         state = {
-            "step": step,
-            "settings": settings,
-            "modules": {k: m.state_dict() for k, m in modules.items()},
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "step": self.done,
+            "settings": self.settings,
+            **self.step_obj.state_dict(),
             "rng": rng[0],
-            "history": {k: torch.tensor(v, dtype=torch.float64) for k, v in history.items()},
-            "val_losses": [[s, v] for s, v in val_losses],
-            "best": best,
+            "history": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.history.items()},
+            "window": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.window.items()},
+            "val_losses": [[s, v] for s, v in self.val_losses],
+            "train_seconds": float(self.train_seconds + self._elapsed()),
         }
+        for cb in self.callbacks:
+            state.update(cb.state_dict(self))
         if len(rng) > 1:
             state["rng_ranks"] = rng
         return state
 
-    if run_dir is not None and main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=data.device)
-        _check_settings(ckpt["settings"], settings, ckpt_path)
-        for k, m in modules.items():
-            m.load_state_dict(ckpt["modules"][k])
-        for k, o in optimizers.items():
-            o.load_state_dict(ckpt["optimizers"][k])
-        history = {k: v.tolist() for k, v in ckpt["history"].items()}
-        val_losses = [(int(s), float(v)) for s, v in ckpt["val_losses"]]
-        best = ckpt["best"]
-        start = resumed_from = int(ckpt["step"])
-        ranks_rng = ckpt.get("rng_ranks")
-        if world == 1 or (ranks_rng is not None and len(ranks_rng) == world):
-            set_rng_state(ranks_rng[rank] if world > 1 else ckpt["rng"])
-        elif main:  # resumed with another number of processes: rank 0 keeps its stream
-            set_rng_state(ckpt["rng"])
-        else:
-            pyro.set_rng_seed(ddp.rank_seed(seed + start, rank))
-        if main:
-            _truncate_log(log_path, start)
-    else:
-        pyro.set_rng_seed(ddp.rank_seed(seed, rank))
-        if log_path is not None and log_path.exists():
-            log_path.unlink()
-    hooks = []
-    if ctx:
-        ddp.broadcast_modules(modules.values())
-        hooks = ddp.install_gradient_averaging(optimizers.values())
+    def load_state_dict(self, state: dict, where: str = "the checkpoint") -> None:
+        """Restore a :meth:`state_dict` (raises :class:`CheckpointError`, one line, on a
+        checkpoint of the wrong structure)."""
+        try:
+            self.step_obj.load_state_dict(state, self.batches(int(state["step"])))
+            self.history = {k: v.tolist() for k, v in state["history"].items()}
+            self.window = {k: v.tolist() for k, v in state.get("window", {}).items()}
+            self.val_losses = [(int(s), float(v)) for s, v in state["val_losses"]]
+            self.train_seconds = float(state.get("train_seconds", 0.0))
+            for cb in self.callbacks:
+                cb.load_state_dict(self, state)
+            self.done = self.resumed_from = int(state["step"])
+            ranks_rng = state.get("rng_ranks")
+            if self.world == 1 or (ranks_rng is not None and len(ranks_rng) == self.world):
+                set_rng_state(ranks_rng[self.rank] if self.world > 1 else state["rng"])
+            elif self.is_main:  # resumed with another number of processes: rank 0 keeps its stream
+                set_rng_state(state["rng"])
+            else:
+                pyro.set_rng_seed(ddp.rank_seed(self.seed + self.done, self.rank))
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(
+                f"{where} does not hold a checkpoint of this run ({type(e).__name__}: {detail}); "
+                "use another folder or start over (resume=False / --restart)"
+            ) from None
 
-    last_good = start if resumed_from is not None else None
-    stopped_early = False
-    window: dict[str, list[float]] = {}
-    pending: list[tuple[int, dict]] = []  # steps taken whose losses are not read back yet
-    bar = tqdm(
-        total=total_steps, initial=start, desc=desc, disable=not (progress and main), dynamic_ncols=True
-    )
-    warm = start + min(5, max((total_steps - start) // 2, 0))
-    t_warm = None
-    done = start
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._t0 if getattr(self, "_t0", None) is not None else 0.0
 
-    def read_back(interrupted: bool) -> bool:
-        """Check and record the pending losses; returns the (all-rank) interrupt flag."""
-        if not pending:
-            return interrupted
-        keys = list(pending[0][1])
-        if ctx is None and len(pending) == 1:
-            rows = [[float(v) for v in pending[0][1].values()]]
-        else:
-            flat = torch.stack(
-                [torch.as_tensor(out[k], dtype=torch.float64, device=data.device).detach().reshape(())
-                 for _, out in pending for k in keys]
-            )
-            if ctx:
-                flag = torch.tensor([float(interrupted)], dtype=torch.float64, device=data.device)
-                flat = ddp.all_mean(torch.cat([flat, flag]))
-                interrupted = bool(flat[-1] > 0)
-                flat = flat[:-1]
-            flat = flat.tolist()
-            rows = [flat[i * len(keys) : (i + 1) * len(keys)] for i in range(len(pending))]
-        for (step, _), row in zip(pending, rows):
-            bad = {k: v for k, v in zip(keys, row) if not math.isfinite(v)}
-            if bad:
-                where = (
-                    f"the last good checkpoint is {ckpt_path} (step {last_good})"
-                    if last_good is not None
-                    else "no checkpoint had been written yet"
-                )
-                raise DivergenceError(
-                    f"{', '.join(f'{k} = {v}' for k, v in bad.items())} at step {step}: "
-                    f"training stopped; {where}"
-                )
-            for k, v in zip(keys, row):
-                history.setdefault(k, []).append(v)
-                window.setdefault(k, []).append(v)
-        pending.clear()
-        return interrupted
+    def last_good_text(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint had been written yet"
+        step, where = self.last_good
+        return f"the last good checkpoint is {where} (step {step})"
 
-    try:
-        with _Interrupt() as interrupt:
-            for step in range(start, total_steps):
-                for k, opt in optimizers.items():
-                    for group in opt.param_groups:
-                        group["lr"] = lr_at(
-                            step, total_steps, lrs[k], lr_schedule, final_lr_fraction
-                        )
-                out = step_fn(batches(step), step)
-                pending.append((step, out))
-                done = step + 1
-                bar.update(1)
-                if done == warm:
-                    if data.device.type == "cuda":  # time from when the warm-up steps have run
-                        torch.cuda.synchronize(data.device)
-                    t_warm = time.perf_counter()
-                end_of_epoch = done % log_every == 0 or done == total_steps
-                save_due = ckpt_path is not None and (
-                    done % checkpoint_every == 0 or done == total_steps
-                )
-                # every rank reads back at the same steps (the flags below are step-determined,
-                # except Ctrl-C, which is shared by all ranks at the next read-back)
-                if not (len(pending) >= sync_every or end_of_epoch or save_due
-                        or (ctx is None and interrupt.requested)):
-                    continue
-                interrupted = read_back(interrupt.requested)
-                if end_of_epoch:
-                    record = {"step": done, "epoch": done / per_epoch}
-                    record.update({k: sum(v) / len(v) for k, v in window.items()})
-                    record["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
-                    window = {}
-                    if val_fn is not None:
-                        val = float(val_fn())
-                        if ctx:  # the same value (and so the same early stopping) on every rank
-                            val = float(ddp.all_mean(torch.tensor([val], dtype=torch.float64, device=data.device)))
-                        val_losses.append((done, val))
-                        record["val_loss"] = val
-                        if val < best["val"]:
-                            best = {"val": val, "step": done, "bad_epochs": 0, "state": None}
-                            if early_stopping:
-                                best["state"] = {
-                                    k: copy.deepcopy(m.state_dict()) for k, m in modules.items()
-                                }
-                        else:
-                            best["bad_epochs"] += 1
-                    record["seconds"] = round(time.perf_counter() - t0, 3)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in history or k == "val_loss"})
-                    if log_path is not None:
-                        with open(log_path, "a") as f:
-                            f.write(json.dumps(record) + "\n")
-                stop = bool(early_stopping) and best["bad_epochs"] >= early_stopping
-                if stop:
-                    stopped_early = True
-                    for k, m in modules.items():
-                        m.load_state_dict(best["state"][k])
-                if ckpt_path is not None and (save_due or interrupted or stop):
-                    rng = ddp.all_gather_object(get_rng_state()) if ctx else [get_rng_state()]
-                    if main:
-                        save_checkpoint(ckpt_path, state_dict(done, rng))
-                    last_good = done
-                if interrupted:
-                    raise KeyboardInterrupt(
-                        f"interrupted at step {done}"
-                        + (f"; the checkpoint in {run_dir} resumes it" if run_dir else "")
-                    )
-                if stop:
-                    break
-            read_back(False)
-        if ctx:  # the final checkpoint is on disk before any rank returns
-            ddp.barrier()
-    finally:
-        bar.close()
-        for h in hooks:
-            h.remove()
-    t_end = time.perf_counter()
-    first = next(iter(history), "loss")
-    return FitResult(
-        losses=history.get(first, []),
-        history=history,
-        val_losses=val_losses,
-        steps=done,
-        stopped_early=stopped_early,
-        resumed_from=resumed_from,
-        seconds=t_end - t0,
-        run_dir=run_dir,
-        settings=settings,
-        seconds_per_step=(t_end - t_warm) / (done - warm) if t_warm is not None and done > warm else None,
-        world_size=world,
-    )
+    def describe(self) -> str:
+        """Where the run stands: its step and its last good checkpoint."""
+        return f"at step {self.done}; {self.last_good_text()}"
 
-
-#: settings that do not change the numbers a run computes: a run may resume with others
-FREE_SETTINGS = frozenset({"compile"})
-
-
-def _check_settings(saved: dict, current: dict, path: Path) -> None:
-    diff = {
-        k: (saved.get(k), current.get(k))
-        for k in (set(saved) | set(current)) - FREE_SETTINGS
-        if saved.get(k) != current.get(k)
-    }
-    if diff:
-        detail = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
-        raise CheckpointError(
-            f"{path} holds a run with other settings ({detail}); "
-            "use another run folder or pass resume=False to start over"
+    # ----- the loop -----------------------------------------------------------------
+    def run(self) -> FitResult:
+        self._t0 = t0 = time.perf_counter()
+        pyro.set_rng_seed(ddp.rank_seed(self.seed, self.rank))
+        hooks = []
+        try:
+            for cb in self.callbacks:
+                cb.on_start(self)  # may resume: load_state_dict
+            if self.ctx:
+                ddp.broadcast_modules(self.step_obj.modules.values())
+                hooks = ddp.install_gradient_averaging(self.step_obj.optimizers.values())
+            warm = self.done + min(5, max((self.total_steps - self.done) // 2, 0))
+            t_warm = None
+            with _Interrupt(self.describe) as self.interrupt:
+                for step in range(self.done, self.total_steps):
+                    self.step_obj.set_lr(step, self.schedule)
+                    self.pending.append((step, self.step_obj(self.batches(step), step)))
+                    self.done = step + 1
+                    for cb in self.callbacks:
+                        cb.on_step_end(self)
+                    if self.done == warm:
+                        if self.device.type == "cuda":  # time from when the warm-up steps have run
+                            torch.cuda.synchronize(self.device)
+                        t_warm = time.perf_counter()
+                    if self._after_step():
+                        break
+                self.read_back()
+            if self.ctx:  # the final checkpoint is on disk before any rank returns
+                ddp.barrier()
+        finally:
+            for h in hooks:
+                h.remove()
+            for cb in reversed(self.callbacks):
+                cb.on_close(self)
+        t_end = time.perf_counter()
+        first = next(iter(self.history), "loss")
+        done, warm_ok = self.done, t_warm is not None and self.done > warm
+        return FitResult(
+            losses=self.history.get(first, []), history=self.history, val_losses=self.val_losses,
+            steps=done, stopped_early=self.stopped_early, resumed_from=self.resumed_from,
+            seconds=t_end - t0, settings=self.settings, world_size=self.world,
+            seconds_per_step=(t_end - t_warm) / (done - warm) if warm_ok else None,
+            train_seconds=self.train_seconds + (t_end - t0),
         )
 
+    def _after_step(self) -> bool:
+        """Read back, log, validate and checkpoint where due; True to stop."""
+        done = self.done
+        end_of_epoch = done % self.log_every == 0 or done == self.total_steps
+        save_due = any(cb.wants_checkpoint(self) for cb in self.callbacks)
+        # every rank reads back at the same steps (the flags are step-determined, except
+        # a signal, which is shared by all ranks at the next read-back)
+        if not (len(self.pending) >= self.sync_every or end_of_epoch or save_due
+                or (self.ctx is None and self.interrupt.requested)):
+            return False
+        signum = self.read_back(self.interrupt.requested)
+        if end_of_epoch:
+            self._end_epoch()
+        if save_due or signum or self.stop_requested:
+            self.interrupt.saving = True
+            try:
+                for cb in self.callbacks:
+                    cb.on_checkpoint(self)
+            finally:
+                self.interrupt.saving = False
+        if signum:
+            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+            where = (f"; the checkpoint {self.last_good[1]} (step {self.last_good[0]}) resumes it"
+                     if self.last_good and self.last_good[0] == done else "; no checkpoint (nothing to resume)")
+            raise Interrupted(f"interrupted at step {done} ({name}){where}", signum)
+        return self.stop_requested
 
-def _truncate_log(path: Path | None, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from."""
-    if path is None or not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    def _end_epoch(self) -> None:
+        done = self.done
+        record = {"step": done, "epoch": done / self.per_epoch}
+        record.update({k: sum(v) / len(v) for k, v in self.window.items() if v})
+        record["lr"] = self.step_obj.current_lr()
+        self.window = {}
+        if self.val_fn is not None:
+            val = float(self.val_fn())
+            if self.ctx:  # the same value (and so the same early stopping) on every rank
+                val = float(ddp.all_mean(torch.tensor([val], dtype=torch.float64, device=self.device)))
+            if not math.isfinite(val):
+                raise DivergenceError(f"the validation loss is {val} {self.describe()}")
+            self.val_losses.append((done, val))
+            record["val_loss"] = val
+        record["seconds"] = round(self.train_seconds + self._elapsed(), 3)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, record)
+
+    def read_back(self, signum=None):
+        """Check and record the pending losses; returns the (all-rank) signal, if any."""
+        if not self.pending:
+            return signum
+        keys = list(self.pending[0][1])
+        if self.ctx is None and len(self.pending) == 1:
+            rows = [[float(v) for v in self.pending[0][1].values()]]
+        else:
+            flat = torch.stack(
+                [torch.as_tensor(out[k], dtype=torch.float64, device=self.device).detach().reshape(())
+                 for _, out in self.pending for k in keys]
+            )
+            if self.ctx:
+                flag = torch.tensor([float(signum or 0)], dtype=torch.float64, device=self.device)
+                flat = ddp.all_max(torch.cat([ddp.all_mean(flat), flag]))
+                signum = int(flat[-1]) or None
+                flat = flat[:-1]
+            flat = flat.tolist()
+            rows = [flat[i * len(keys): (i + 1) * len(keys)] for i in range(len(self.pending))]
+        for (step, _), row in zip(self.pending, rows):
+            values = dict(zip(keys, row))
+            for cb in self.callbacks:
+                cb.on_values(self, step, values)
+            for k, v in values.items():
+                if not k.startswith("_"):
+                    self.history.setdefault(k, []).append(v)
+                    self.window.setdefault(k, []).append(v)
+        self.pending.clear()
+        return signum

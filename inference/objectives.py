@@ -17,14 +17,16 @@ negative bound, a differentiable scalar, which is all the engine needs.
 from __future__ import annotations
 
 import math
-import warnings
 
 import pyro.infer as infer
 import torch
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import is_identically_zero
+from pyro.poutine.util import site_is_subsample
 
-__all__ = ["OBJECTIVES", "RenyiBound", "make_objective"]
+from inference.traced import Traced
+
+__all__ = ["OBJECTIVES", "RenyiBound", "Traced", "data_plate_frame", "make_objective"]
 
 
 class RenyiBound(ELBO):
@@ -38,8 +40,9 @@ class RenyiBound(ELBO):
     Unlike :class:`pyro.infer.RenyiELBO` (pyro-ppl 1.9.2), which log-sum-exps the
     *scaled* log-weights and so is biased under minibatch subsampling, this applies the
     data plate's scale *after* the per-data-point log-mean-exp, and it provides
-    ``differentiable_loss``. Models with only global latents (no latent site inside the
-    ``data`` plate) get one importance weight per particle for the whole data set.
+    ``differentiable_loss``. The data plate is found by structure
+    (:func:`data_plate_frame`), whatever its name. Models with only global latents (no
+    latent site inside the data plate) get one importance weight per particle for the whole data set.
     Latents both global and local are not supported (there is no per-point bound).
     Particles are vectorised; the guide must be reparameterisable.
     """
@@ -63,20 +66,21 @@ class RenyiBound(ELBO):
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
         K = self.num_particles
         particle_dim = -self.max_plate_nesting  # vectorised ELBOs add the particle plate to it
+        plate = data_plate_frame(model_trace, args)
         glob = 0.0  # (K,) log-weight of sites outside the data plate
         local = 0.0  # (K, B) per-data-point log-weight, unscaled
         scale = 1.0
         has_local_latent = has_global_latent = False
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             for site in trace.nodes.values():
-                if site["type"] != "sample":
+                if site["type"] != "sample" or site_is_subsample(site):
                     continue
                 if guide_trace is trace and not is_identically_zero(site["score_parts"][1]):
                     raise NotImplementedError(
                         "the Renyi/IWAE objective needs a reparameterisable guide"
                     )
                 lp = site["unscaled_log_prob"]
-                frames = [f for f in site["cond_indep_stack"] if f.name == "data"]
+                frames = [f for f in site["cond_indep_stack"] if plate is not None and f.name == plate]
                 if frames:
                     data_dim = frames[0].dim
                     lp = _sum_rightmost_except(lp, keep=(particle_dim, data_dim))
@@ -112,6 +116,51 @@ class RenyiBound(ELBO):
         return loss.item()
 
 
+#: the plate Pyro adds for vectorised particles (not a plate of the model)
+_PARTICLE_PLATE = "num_particles_vectorized"
+
+
+def data_plate_frame(model_trace, args=()) -> str | None:
+    """The name of the data plate of a model trace, found by structure, not by name.
+
+    Candidates are the plates enclosing every observed site. Of those, the one that
+    subsamples (a minibatch scaled to the data set); else the one whose size is the
+    number of rows of the first tensor argument; else the only one. None when the
+    observed sites share no plate (all latents are then global).
+
+    :raises ValueError: several plates qualify equally (the bound would depend on the pick).
+    """
+    observed = [s for s in model_trace.nodes.values()
+                if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)]
+    if not observed:
+        return None
+    frames = None
+    for site in observed:
+        here = {f.name: f for f in site["cond_indep_stack"] if f.vectorized and f.name != _PARTICLE_PLATE}
+        frames = here if frames is None else {k: v for k, v in frames.items() if k in here}
+    if not frames:
+        return None
+    if len(frames) == 1:
+        return next(iter(frames))
+    sizes = {}
+    for name in frames:
+        sub = model_trace.nodes.get(name)
+        if sub is not None and site_is_subsample(sub):
+            sizes[name] = (sub["fn"].size, len(sub["value"]))
+    subsampling = [n for n, (full, b) in sizes.items() if b < full]
+    if len(subsampling) == 1:
+        return subsampling[0]
+    rows = next((a.shape[0] for a in args if torch.is_tensor(a) and a.dim() > 0), None)
+    by_rows = [n for n in frames if n in sizes and sizes[n][1] == rows]
+    if len(by_rows) == 1:
+        return by_rows[0]
+    raise ValueError(
+        f"cannot tell the data plate among the plates {sorted(frames)} that enclose every observed site "
+        "(none subsamples, and not exactly one has the data's size): the importance-weighted bound "
+        "needs to know which plate holds the data points"
+    )
+
+
 def _sum_rightmost_except(t: torch.Tensor, keep: tuple[int, ...]) -> torch.Tensor:
     """Sum a (K, ..., B)-shaped log-prob over every dim but the particle (and data) dims.
 
@@ -129,188 +178,6 @@ def _sum_rightmost_except(t: torch.Tensor, keep: tuple[int, ...]) -> torch.Tenso
 
 def _mean(t):
     return t.mean(0).sum() if torch.is_tensor(t) else t
-
-
-class _LossModule(torch.nn.Module):
-    """``objective.differentiable_loss(model, guide, x, num_data)`` as a module of x."""
-
-    def __init__(self, objective, model, guide, num_data):
-        super().__init__()
-        self.objective, self.model_fn, self.guide_fn, self.num_data = objective, model, guide, num_data
-        # register the modules that own the parameters, so tracing sees them as inputs
-        self.owners = torch.nn.ModuleList(
-            {id(m): m for m in (getattr(model, "__self__", None), getattr(guide, "__self__", guide))
-             if isinstance(m, torch.nn.Module)}.values()
-        )
-
-    def forward(self, x):
-        objective, kwargs = self.objective, {"num_data": self.num_data}
-        if not isinstance(objective, infer.Trace_ELBO):
-            return objective.differentiable_loss(self.model_fn, self.guide_fn, x, **kwargs)
-        # Trace_ELBO's differentiable_loss adds Python floats (torch_item), which tracing
-        # would freeze as constants. Traced instead: its surrogate (for the gradient) and
-        # the loss itself, summed in float64 in the same order as Pyro sums the floats
-        # (so the value is Pyro's to the last bit, also for score-function guides,
-        # whose surrogate's value is not the loss)
-        if isinstance(objective, infer.TraceMeanField_ELBO):  # its surrogate is the loss
-            loss = 0.0
-            for model_trace, guide_trace in objective._get_traces(self.model_fn, self.guide_fn, (x,), kwargs):
-                loss = loss + objective._differentiable_loss_particle(model_trace, guide_trace)[1] / objective.num_particles
-            return loss
-        loss = surrogate = 0.0
-        exact_value = False
-        for model_trace, guide_trace in objective._get_traces(self.model_fn, self.guide_fn, (x,), kwargs):
-            _, surrogate_particle = objective._differentiable_loss_particle(model_trace, guide_trace)
-            surrogate = surrogate + surrogate_particle / objective.num_particles
-            terms = [
-                (sign, site)
-                for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0))
-                for site in trace.nodes.values()
-                if site["type"] == "sample"
-            ]
-            score = any(not is_identically_zero(s["score_parts"].score_function) for t, s in terms if t < 0)
-            # one log-density term and no score function: the surrogate is the loss, bit for bit
-            exact_value = exact_value or score or len(terms) > 1
-            elbo = 0.0
-            for sign, site in terms:  # detached: the value needs no autograd graph
-                lp = torch.as_tensor(site["log_prob_sum"]).detach().double()
-                elbo = elbo + lp if sign > 0 else elbo - lp
-            loss = loss + (-elbo) / objective.num_particles
-        if not exact_value:
-            return surrogate
-        return surrogate + (torch.as_tensor(loss).to(surrogate.dtype) - surrogate.detach())
-
-
-def _constant(value, equal_to) -> bool:
-    """Whether graph value ``value`` is a constant number (or 0-dim tensor) equal to ``equal_to``."""
-    if value.node().kind() != "prim::Constant":
-        return False
-    try:
-        c = value.toIValue()
-    except RuntimeError:
-        return False
-    if isinstance(c, torch.Tensor):
-        return c.dim() == 0 and bool(c == equal_to)
-    return isinstance(c, (int, float)) and not isinstance(c, bool) and c == equal_to
-
-
-def _same_type(a, b) -> bool:
-    """Whether two graph values are tensors of one recorded dtype, device and shape."""
-    ta, tb = a.type(), b.type()
-    if not (isinstance(ta, torch._C.TensorType) and isinstance(tb, torch._C.TensorType)):
-        return False
-    return (ta.sizes() is not None and ta.sizes() == tb.sizes() and ta.dtype() is not None
-            and ta.dtype() == tb.dtype() and ta.device() == tb.device())
-
-
-_VIEWS = ("aten::reshape", "aten::expand", "aten::slice", "aten::view", "aten::contiguous", "aten::to")
-
-
-def simplify_graph(graph) -> None:
-    """Remove the trace's no-op operations, keeping every result bit for bit.
-
-    A Pyro program traced at one batch shape carries bookkeeping that is constant at that
-    shape (the plate's subsample indices and scale) and operations that do nothing
-    there: ``x + 0``, ``x * 1``, ``x / 1``, a reshape, expand, slice or cast to the
-    shape and type ``x`` has, a broadcast of tensors of one shape. Folding the first and
-    dropping the others leaves the same values and the same gradients (those operations'
-    backward passes are exact identities too) for a fraction of the per-step cost of a
-    small model. Sizes come from the types the trace recorded for the example input, so
-    the graph is valid for that shape only (:class:`Traced` keys graphs by shape).
-    """
-    torch._C._jit_pass_peephole(graph, False)  # x.size(d) -> constant, at the traced shape
-    torch._C._jit_pass_constant_propagation(graph)
-    for node in list(graph.nodes()):
-        kind, ins, outs = node.kind(), list(node.inputs()), list(node.outputs())
-        if kind == "aten::broadcast_tensors":
-            (listed,) = ins
-            uses = [u.user for u in outs[0].uses()]
-            if (listed.node().kind() == "prim::ListConstruct" and len(uses) == 1
-                    and uses[0].kind() == "prim::ListUnpack"):
-                parts, unpacked = list(listed.node().inputs()), list(uses[0].outputs())
-                if len(parts) == len(unpacked) and all(_same_type(a, b) for a, b in zip(parts, unpacked)):
-                    for a, b in zip(parts, unpacked):
-                        b.replaceAllUsesWith(a)
-            continue
-        if len(outs) != 1:
-            continue
-        source = None
-        if kind in ("aten::add", "aten::sub") and len(ins) == 3 and _constant(ins[1], 0) and _constant(ins[2], 1):
-            source = ins[0]
-        elif kind in ("aten::mul", "aten::div") and len(ins) == 2 and _constant(ins[1], 1):
-            source = ins[0]
-        elif kind in _VIEWS and len(ins) >= 2:
-            source = ins[0]
-        if source is not None and _same_type(source, outs[0]):
-            outs[0].replaceAllUsesWith(source)
-    # (no common-subexpression elimination: merging two equal computations changes the
-    # order in which their gradients are summed, so the gradients would differ in the last bit)
-    torch._C._jit_pass_dce(graph)
-
-
-def _identity(fn):
-    """A key for a function that is stable across accesses of a bound method."""
-    owner = getattr(fn, "__self__", None)
-    return (id(owner), fn.__func__) if owner is not None else id(fn)
-
-
-class Traced(ELBO):
-    """A Pyro objective compiled with :func:`torch.jit.trace`: the ``jit_*`` objectives.
-
-    Pyro's own ``Jit*_ELBO`` classes read parameters from the global parameter store, so
-    they fail with the zoo's module-local parameters ("Cannot insert a Tensor that
-    requires grad as a constant"), and in pyro-ppl 1.9.2 ``JitTraceMeanField_ELBO``
-    recompiles on every step. This traces the wrapped objective once per (model, guide,
-    batch shape, ``num_data``), with the modules' parameters as graph inputs, and replays
-    the graph afterwards: the same loss and gradients, without Pyro's per-step Python.
-    The model must have static structure (no data-dependent Python control flow).
-    """
-
-    def __init__(self, objective: ELBO):
-        self.objective = objective
-        self.num_particles = objective.num_particles
-        self.max_plate_nesting = objective.max_plate_nesting
-        self.compiled: dict = {}
-        #: run TorchScript's graph optimiser (fusions; not bit-identical to eager autograd)
-        self.optimize = False
-        #: drop the trace's no-op operations (bit-identical; see :func:`simplify_graph`)
-        self.simplify = True
-
-    def differentiable_loss(self, model, guide, x, num_data=None):
-        key = (_identity(model), _identity(guide), tuple(x.shape), x.dtype, x.device, num_data)
-        fn = self.compiled.get(key)
-        if fn is None:
-            module = _LossModule(self.objective, model, guide, num_data)
-            # tracing runs the objective once: keep the random numbers it draws out of
-            # the stream, so that jit and plain objectives give the same draws
-            devices = [x.device] if x.device.type == "cuda" else []
-            with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                fn = torch.jit.trace(module, (x,), check_trace=False)
-                if self.simplify:
-                    try:
-                        simplify_graph(fn.graph)
-                    except (RuntimeError, AttributeError, TypeError):  # an internal API changed:
-                        fn = torch.jit.trace(module, (x,), check_trace=False)  # the plain trace
-            self.compiled[key] = fn
-        previous = torch._C._get_graph_executor_optimize()
-        torch._C._set_graph_executor_optimize(self.optimize)  # torch.jit.optimized_execution, inlined
-        try:
-            return fn.forward(x)
-        finally:
-            torch._C._set_graph_executor_optimize(previous)
-
-    def loss(self, model, guide, *args, **kwargs):
-        with torch.no_grad():
-            return self.objective.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()
-
-    def _get_trace(self, model, guide, args, kwargs):
-        return self.objective._get_trace(model, guide, args, kwargs)
 
 
 OBJECTIVES = {

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pyro
 import pyro.poutine as poutine
 import torch
+
+from inference.traces import Program, call_args, local_rng, structure
+from zoo.base import ZooModel
 
 __all__ = ["SBCResult", "sbc", "sbc_exact", "sbc_fitted_guide", "uniformity_test"]
 
@@ -153,59 +155,85 @@ def sbc(
     num_bins: int | None = None,
     pool: bool = False,
     sites: list[str] | None = None,
+    data=None,
     seed: int = 0,
 ) -> SBCResult:
     """Simulation-based calibration of ``posterior_fn`` for ``model``.
 
-    :param model: a :class:`zoo.ZooModel` whose ``model(None, num_data=N)`` simulates its
-        global latents from the prior and N data points from them.
+    :param model: a :class:`zoo.ZooModel`, whose ``model(None, num_data=N)`` simulates its
+        global latents from the prior and returns N new data points; or a Pyro model callable
+        with ``data`` (its arguments: a tensor, :class:`zoo.Dataset` or dict of keyword
+        arguments), simulated with its observed sites drawn (``poutine.uncondition``).
     :param posterior_fn: ``x -> {site: Distribution}`` or ``{site: draws (L, ...)}``
-        (:func:`sbc_exact`, :func:`sbc_fitted_guide`).
+        (:func:`sbc_exact`, :func:`sbc_fitted_guide`). For a plain program it gets the model
+        conditioned on the simulated observations (a callable taking ``data``'s arguments).
     :param num_simulations: data sets simulated.
-    :param num_data: data points per simulated data set.
+    :param num_data: data points per simulated data set (zoo models).
     :param num_draws: L, posterior draws per data set (ranks take L + 1 values).
     :param num_bins: bins of the chi-square test (default: up to 20, dividing L + 1).
     :param pool: test all components' ranks together (right when components are
         independent, e.g. the Beta-Bernoulli model's pixels); else per component with a
         Bonferroni correction.
-    :param sites: the latent sites to check (default: all global ones).
-    :returns: an :class:`SBCResult`.
+    :param sites: the latent sites to check (default: all global ones, found structurally).
+    :returns: an :class:`SBCResult`. The caller's random state is left as it was.
     """
-    from inference.diagnostics import latent_sites
-
     if num_simulations < 1 or num_draws < 1 or num_data < 1:
         raise ValueError("num_simulations, num_draws and num_data must be positive")
     g = torch.Generator().manual_seed(seed)
-    rows, names = [], None
+    rows, names, chosen = [], None, None
     for i in range(num_simulations):
-        pyro.set_rng_seed(seed * 100_003 + i)
-        with torch.no_grad(), poutine.block():
-            trace = poutine.trace(model.model).get_trace(None, num_data=num_data)
-        x = trace.nodes["x"]["value"]
-        if i == 0:
-            info = latent_sites(model, x)
-            chosen = sites or [k for k, v in info.items() if not v["local"]]
-            if not chosen:
-                raise ValueError(f"{type(model).__name__} has no global latent sites to calibrate")
-        truth = {k: trace.nodes[k]["value"] for k in chosen}
-        post = posterior_fn(x)
+        with local_rng(seed * 100_003 + i):
+            truth_trace, x = _simulate(model, num_data, data)
+            if chosen is None:
+                chosen = _global_sites(model, x, data, sites)
+            truth = {k: truth_trace.nodes[k]["value"] for k in chosen}
+            post = posterior_fn(x)
         row, labels = [], []
         for k in chosen:
-            d = post[k]
-            if isinstance(d, torch.distributions.Distribution):
-                with torch.random.fork_rng():
-                    torch.manual_seed(int(torch.randint(2**31, (1,), generator=g)))
-                    draws = d.sample((num_draws,))
-            else:
-                draws = torch.as_tensor(d)
-                if draws.shape[0] != num_draws:
-                    raise ValueError(f"posterior_fn gave {draws.shape[0]} draws of {k!r}, expected {num_draws}")
+            draws = _draws_of(post[k], k, num_draws, g)
             t = truth[k].reshape(-1)
             row.append((draws.reshape(num_draws, -1) < t).sum(0))
             labels += [f"{k}[{j}]" for j in range(t.numel())]
         rows.append(torch.cat(row))
         names = labels
     ranks = torch.stack(rows).cpu().numpy().astype(np.int64)
+    return _result(ranks, names, num_draws, num_bins, pool)
+
+
+def _simulate(model, num_data, data):
+    """(trace of one simulation, what posterior_fn gets: new data, or the conditioned program)."""
+    with torch.no_grad(), poutine.block():
+        if isinstance(model, ZooModel):
+            trace = poutine.trace(model.model).get_trace(None, num_data=num_data)
+            return trace, trace.nodes["_RETURN"]["value"]
+        args, kwargs = call_args(data)
+        st = structure(Program.of(model, data))
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
+    observed = {k: trace.nodes[k]["value"] for k in st.observed}
+    return trace, poutine.condition(model, data=observed)
+
+
+def _global_sites(model, x, data, sites):
+    prog = Program.of(model, x) if isinstance(model, ZooModel) else Program.of(model, data)
+    info = structure(prog).sampled
+    chosen = sites or [k for k, v in info.items() if not v["local"]]
+    if not chosen:
+        raise ValueError(f"{prog.name} has no global latent sites to calibrate")
+    return chosen
+
+
+def _draws_of(d, k, num_draws, g):
+    if isinstance(d, torch.distributions.Distribution):
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=g)))
+            return d.sample((num_draws,))
+    draws = torch.as_tensor(d)
+    if draws.shape[0] != num_draws:
+        raise ValueError(f"posterior_fn gave {draws.shape[0]} draws of {k!r}, expected {num_draws}")
+    return draws
+
+
+def _result(ranks, names, num_draws, num_bins, pool) -> SBCResult:
     n = ranks.size if pool else ranks.shape[0]
     bins = num_bins or _default_bins(num_draws, n)
     if pool:

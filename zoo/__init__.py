@@ -8,16 +8,12 @@
 Every model has ``model``/``guide`` (Pyro), ``log_prob``, ``sample`` and
 ``num_parameters``; :mod:`inference` trains, evaluates and diagnoses all of them.
 """
-import pyro
-
-# Parameters of a PyroModule live on the module, not in Pyro's global parameter store:
-# two models with the same parameter names never share values, and any optimiser that
-# takes ``module.parameters()`` trains them (Pyro's recommended PyTorch-style setting).
-pyro.settings.set(module_local_params=True)
-
-from zoo.base import NoDensityError, ZooModel, data_plate  # noqa: E402
-from zoo.data import DATASETS, DataError, Dataset, load  # noqa: E402
-from zoo.registry import UnknownNameError, available, create, get, register  # noqa: E402
+# Importing the zoo changes no global state: a zoo model keeps its parameters on the module
+# (Pyro's ``module_local_params``) by switching that setting on inside its own methods only
+# (see zoo.base.ZooModel), so the user's own Pyro programs run exactly as without the zoo.
+from zoo.base import NoDensityError, ZooModel, data_plate
+from zoo.data import DATASETS, DataError, Dataset, load
+from zoo.registry import UnknownNameError, available, create, get, register
 
 __all__ = [
     "DATASETS",

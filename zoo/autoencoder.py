@@ -60,6 +60,7 @@ class Autoencoder(ZooModel):
     """
 
     support = "binary"
+    static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(objective="elbo", lr=3e-3, epochs=500, batch_size=100, num_particles=1)
 
     def __init__(self, data_dim: int = 64, latent_dim: int = 8, hidden=(256,), activation: str = "relu"):

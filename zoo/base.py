@@ -13,10 +13,19 @@ A zoo model is a :class:`~pyro.nn.PyroModule` with
 * ``num_parameters()``: the number of free parameters of the distribution, by the
   formula in the model's docstring.
 
-Parameters live on the module (Pyro's ``module_local_params`` setting, switched on by
-``import zoo``), so two models never share values through Pyro's global parameter store.
+Parameters live on the module (Pyro's ``module_local_params`` setting), so two models
+never share values through Pyro's global parameter store. The setting is switched on
+only inside the model's own methods (construction, ``model``, ``guide``, ``log_prob``,
+...; see :meth:`ZooModel.__init_subclass__`), never for the whole process: a user's own
+Pyro program runs exactly as it would without the zoo.
+
+Nothing here depends on names: the observed sites are those with ``is_observed``, and
+the data plate is :func:`data_plate`'s (any name the engine finds structurally).
 """
 from __future__ import annotations
+
+import functools
+import inspect
 
 import pyro
 import pyro.poutine as poutine
@@ -26,7 +35,30 @@ from pyro.poutine.util import site_is_subsample
 
 from zoo.data import DataError, check_binary
 
-__all__ = ["NoDensityError", "ZooModel", "data_plate"]
+__all__ = ["NoDensityError", "ZooModel", "data_plate", "local_params", "observed_sites"]
+
+
+def local_params(fn):
+    """Run ``fn`` with Pyro's ``module_local_params`` on, restoring the caller's setting."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if pyro.settings.get("module_local_params"):
+            return fn(*args, **kwargs)
+        with pyro.settings.context(module_local_params=True):
+            return fn(*args, **kwargs)
+
+    wrapper.__zoo_local_params__ = True
+    return wrapper
+
+
+def observed_sites(trace) -> dict:
+    """The observed sample sites of a trace (``is_observed``, subsample sites excluded), by name."""
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site)
+    }
 
 
 class NoDensityError(NotImplementedError):
@@ -61,14 +93,34 @@ class ZooModel(PyroModule):
       (used where the caller gives none).
     * ``max_plate_nesting``: how many plates the model nests (1: only ``data``).
     * ``exact_density``: False where ``log_prob`` is an estimate (e.g. importance-sampled).
+    * ``static_structure``: True declares that ``model`` and ``guide`` run the same
+      operations every step (no Python control flow on values, no per-row parameters),
+      so :func:`inference.fit` may replay a traced graph of the objective (its fast path).
     """
 
     support: str = "binary"
     fit_defaults: dict = {}
+    #: the constructor's arguments (with defaults), recorded at construction: a resumed
+    #: run checks them, so a checkpoint never silently changes a model's options
+    options: dict = {}
     max_plate_nesting: int = 1
     exact_density: bool = True
+    static_structure: bool = False
     data_dim: int
     num_categories: int | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        """Every method a subclass defines runs with module-local parameters (and the
+        constructor records :attr:`options`); the caller's Pyro settings are untouched."""
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            if not inspect.isfunction(value) or getattr(value, "__zoo_local_params__", False):
+                continue
+            if name.startswith("__") and name not in ("__init__", "__call__"):
+                continue
+            if name == "__init__":
+                value = _recording_options(value)
+            setattr(cls, name, local_params(value))
 
     # ----- the probabilistic program -------------------------------------------
     def model(self, x: torch.Tensor | None = None, num_data: int | None = None):
@@ -106,14 +158,37 @@ class ZooModel(PyroModule):
             raise NotImplementedError(
                 f"{type(self).__name__} has latent sites {free}: it must override log_prob"
             )
-        site = trace.nodes["x"]
-        return site["fn"].log_prob(site["value"])
+        conditioned = set(self.point_estimate())
+        sites = {k: v for k, v in observed_sites(trace).items() if k not in conditioned}
+        if not sites:
+            raise NotImplementedError(f"{type(self).__name__} has no observed site")
+        return sum(site["fn"].log_prob(site["value"]) for site in sites.values())
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """``n`` draws from the model at :meth:`point_estimate`, by running it forward."""
+        """``n`` draws from the model at :meth:`point_estimate`, by running it forward.
+
+        The draws are the values of the model's observed site (the one site that is
+        observed when the model is given data); a model with several overrides this.
+        """
         trace = poutine.trace(self._at_point_estimate()).get_trace(None, num_data=n)
-        return trace.nodes["x"]["value"]
+        observed = [name for name in self._observed_names() if name in trace.nodes]
+        if len(observed) != 1:
+            raise NotImplementedError(
+                f"{type(self).__name__} has observed sites {sorted(observed)}: it must override sample"
+            )
+        return trace.nodes[observed[0]]["value"]
+
+    def _observed_names(self) -> set:
+        """Names of the sites that are observed when the model sees data (found once)."""
+        names = self.__dict__.get("_zoo_observed")
+        if names is None:
+            with poutine.block(), torch.random.fork_rng():
+                probe = _example_data(self)
+                trace = poutine.trace(self._at_point_estimate()).get_trace(probe)
+            names = set(observed_sites(trace)) - set(self.point_estimate())
+            self.__dict__["_zoo_observed"] = names
+        return names
 
     def num_parameters(self) -> int:
         """The number of free parameters of the distribution (docstring formula)."""
@@ -160,3 +235,50 @@ class ZooModel(PyroModule):
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.num_parameters()}"
+
+
+def _example_data(model: ZooModel) -> torch.Tensor:
+    """Two data points of the model's support (for finding its structure)."""
+    device = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
+    if model.support == "categorical":
+        return torch.zeros(2, dtype=torch.long, device=device)
+    return torch.zeros(2, model.data_dim, device=device)
+
+
+def _recording_options(init):
+    """Wrap a constructor so that the outermost call records its arguments as ``options``."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        outermost = "_zoo_recording" not in self.__dict__
+        if outermost:
+            object.__setattr__(self, "_zoo_recording", True)
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            if outermost:
+                del self.__dict__["_zoo_recording"]
+        if outermost:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+                bound.apply_defaults()
+                options = {k: _plain(v) for k, v in bound.arguments.items() if k != "self"}
+            except TypeError:
+                options = {}
+            self.__dict__["options"] = options
+
+    return wrapper
+
+
+def _plain(value):
+    """A value as numbers, strings, lists and dicts (to compare and to store in a checkpoint)."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.numel() <= 64:
+        return value.tolist()
+    return repr(value)

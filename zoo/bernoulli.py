@@ -33,6 +33,7 @@ class BetaBernoulli(ZooModel):
     """
 
     support = "binary"
+    static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(lr=0.3, steps=3000, batch_size=4096, num_particles=4)
 
     def __init__(self, data_dim: int = 1, prior: tuple[float, float] = (1.0, 1.0)):

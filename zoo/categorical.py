@@ -31,6 +31,7 @@ class DirichletCategorical(ZooModel):
     """
 
     support = "categorical"
+    static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(lr=0.3, steps=3000, batch_size=4096, num_particles=4)
 
     def __init__(self, num_categories: int = 2, concentration=1.0):

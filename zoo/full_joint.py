@@ -68,6 +68,7 @@ class FullJoint(ZooModel):
 
     MAX_DATA_DIM = 24
     support = "binary"
+    static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(lr=0.1, steps=1000, batch_size=1024)
 
     def __init__(self, data_dim: int = 10):

@@ -31,6 +31,7 @@ class Independent(ZooModel):
 
     support = "binary"
     # the log-likelihood is concave in the logits: a large step and a short run suffice
+    static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(lr=0.1, steps=400, batch_size=256)
 
     def __init__(self, data_dim: int = 64):

@@ -34,6 +34,7 @@ class Markov(AutoregressiveBernoulli):
     """
 
     MAX_ORDER = 20
+    static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(lr=0.1, steps=800, batch_size=256)
 
     def __init__(self, data_dim: int = 64, order: int = 1):

@@ -41,6 +41,7 @@ class NADE(AutoregressiveBernoulli):
     """
 
     # digits (1197 x 64): validation NLL 16.5 nats after 100 epochs (H = 128); longer overfits
+    static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(lr=0.01, epochs=100, batch_size=64)
 
     def __init__(self, data_dim: int = 64, hidden_size: int = 128, ordering="natural", seed: int = 0):

@@ -84,6 +84,7 @@ class RGBPixel(ZooModel):
     """
 
     support = "categorical"
+    static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(lr=0.1, steps=2000, batch_size=4096)
 
     def __init__(self, levels: int = 256, channels: int = 3, factorization: str = "joint", num_categories: int | None = None):

@@ -94,6 +94,7 @@ class VAE(ZooModel):
 
     support = "binary"
     # digits (1197 x 64): 5500 steps, ~15 s on one CPU thread; test NLL ~16.9 nats (K=1000)
+    static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(objective="elbo", lr=3e-3, epochs=500, batch_size=100, num_particles=1)
     #: log_prob is a Monte Carlo estimate (exp(log_prob) sums to 1 only in expectation)
     exact_density = False

@@ -19,7 +19,7 @@ from inference.adversarial import (
     value_function,
 )
 from inference.checkpoint import CheckpointError
-from inference.loop import CHECKPOINT, METRICS
+from inference.checkpoint import CHECKPOINT, METRICS
 
 
 def binary_data(n=200, d=6, seed=0):

@@ -108,12 +108,13 @@ def test_compare_runs_writes_table_figures_and_report(run_dirs, tmp_path):
         assert r["inference"] == "posterior (guide)" and math.isfinite(r["khat"])
         assert math.isfinite(r["elpd_loo_per_example"])
     table = (out / "table.md").read_text()
-    assert table.count("\n") == 4 and "| uniform |" in table and "| tight |" in table
+    assert len([ln for ln in table.splitlines() if ln.startswith("| ")]) == 4
+    assert "| uniform |" in table and "| tight |" in table
     for name in ("loss_curves", "forest", "densities"):
         path = out / f"{name}.png"
         assert result["figures"][name] == path and path.stat().st_size > 5_000
     html = (out / "report.html").read_text()
-    assert html.count("src='data:image/png;base64,") == 3
+    assert html.count("src='data:image/png;base64,") == 3 + 2  # figures and each run's sample grid
     assert not re.search(r"src='(?!data:)", html)  # self-contained: every image embedded
     md = (out / "report.md").read_text()
     for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
@@ -129,3 +130,111 @@ def test_zoo_compare_command(run_dirs, tmp_path, capsys):
     assert (out / "report.html").is_file() and (out / "forest.png").is_file()
     assert main(["compare", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+class UserPixels(zoo.ZooModel):
+    """A user's own model class (registered by the test): independent pixels with logits theta."""
+
+    support = "binary"
+    fit_defaults = dict(lr=0.05)
+
+    def __init__(self, data_dim=64):
+        super().__init__()
+        self.data_dim = data_dim
+        self.logits = torch.nn.Parameter(torch.zeros(data_dim))
+
+    def model(self, x=None, num_data=None):
+        with zoo.data_plate(x, num_data):
+            return pyro.sample("x", dist.Bernoulli(logits=self.logits).to_event(1), obs=x)
+
+    def num_parameters(self):
+        return self.data_dim
+
+
+FAMILIES = {"bernoulli": {}, "mixture": {"num_components": 3}, "vae": {"latent_dim": 2, "hidden": [16]},
+            "made": {"hidden_sizes": [16]}, "gan": {}, "test_user_pixels": {}}
+
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory):
+    from experiments.train import train_and_evaluate
+
+    if "test_user_pixels" not in zoo.available():
+        zoo.register("test_user_pixels", UserPixels)
+    root = tmp_path_factory.mktemp("families")
+    for name, options in FAMILIES.items():
+        train_and_evaluate(dict(model=name, steps=15, options=options, progress=False), root / name)
+    return [root / name for name in FAMILIES]
+
+
+def test_compare_runs_every_family(family_runs, tmp_path):
+    """One table with a row per run whatever its family: a GAN by its sample metrics, a VAE by IS-NLL
+    and ELBO, the mixture with its component summed out; every dash has a footnote; the report renders."""
+    out = tmp_path / "families"
+    result = compare_runs(family_runs, out, num_draws=20, num_chains=2, max_loo_points=100, max_coords=3)
+    rows = {r["run"]: r for r in result["rows"]}
+    assert list(rows) == list(FAMILIES)
+    assert rows["gan"]["test_nll"] is None and "density" in rows["gan"]["_why"]["test_nll"]
+    assert math.isfinite(rows["gan"]["fd"]) and rows["gan"]["inference"].startswith("no density")
+    assert math.isfinite(rows["vae"]["test_nll"]) and math.isfinite(rows["vae"]["test_elbo"])
+    assert rows["vae"]["test_elbo"] <= rows["vae"]["test_nll"] * -1 + 1.0  # ELBO <= log p(x) (up to IS noise)
+    assert rows["vae"]["inference"].startswith("per-data-point") and math.isfinite(rows["vae"]["khat"])
+    assert "enumerated" in rows["mixture"]["inference"] and math.isfinite(rows["mixture"]["test_nll"])
+    assert rows["bernoulli"]["inference"] == "posterior (guide)" and math.isfinite(rows["bernoulli"]["elpd_loo_per_example"])
+    assert math.isfinite(rows["test_user_pixels"]["test_nll"])
+    table = (out / "table.md").read_text()
+    body = [ln for ln in table.splitlines() if ln.startswith("| ")][2:]
+    assert len(body) == len(FAMILIES)  # one table, a row per run
+    # every dash carries a footnote, and each footnote is listed below the table
+    cells = [c.strip() for ln in body for c in ln.strip("|").split("|")]
+    marks = {c for c in cells if c.startswith("- [")}
+    assert "-" not in cells and marks
+    for m in marks:
+        assert f"\n{m[2:]} " in "\n" + table
+    html = (out / "report.html").read_text()
+    assert html.count("<figcaption>") == len(FAMILIES)  # every run's sample grid (the GAN's too)
+    assert (out / "forest.png").is_file() and (out / "densities.png").is_file() and (out / "loss_curves.png").is_file()
+
+
+def test_compare_runs_on_different_data_warns(run_dirs, tmp_path):
+    import shutil
+
+    other = tmp_path / "mnist_run"
+    shutil.copytree(run_dirs[0], other)
+    config = json.loads((other / "config.json").read_text())
+    config.update(data="mnist", options={**config.get("options", {}), "data_dim": 784})
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="different data sets"):
+        result = compare_runs([run_dirs[0], other], tmp_path / "mixed", num_draws=20, num_chains=2, max_loo_points=50)
+    assert "different data sets" in (tmp_path / "mixed" / "report.html").read_text()
+    row = result["rows"][1]
+    assert row["inference"].startswith("model not loaded")  # a 784-pixel model cannot load a 64-pixel checkpoint
+    assert row.get("khat") is None and row["_why"]["khat"]
+
+
+CHROMIUM = "/usr/bin/chromium"
+PROBE = """<script>window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  const wide = [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).length;
+  document.body.setAttribute('data-probe', JSON.stringify({scroll: document.documentElement.scrollWidth,
+    inner: window.innerWidth, images: imgs.length, broken: bad, wide: wide}));
+});</script>"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM), reason="headless Chromium not installed")
+def test_report_fits_1280_px_and_every_image_loads(family_runs, tmp_path):
+    import subprocess
+
+    out = tmp_path / "render"
+    compare_runs(family_runs, out, num_draws=20, num_chains=2, max_loo_points=100, max_coords=3)
+    page = out / "probe.html"
+    page.write_text((out / "report.html").read_text().replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--window-size=1280,900", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'data-probe="([^"]+)"', dom)
+    assert found, dom[-2000:]
+    probe = json.loads(found.group(1).replace("&quot;", '"'))
+    assert probe["inner"] == 1280 and probe["scroll"] <= probe["inner"], probe
+    assert probe["wide"] == 0 and probe["broken"] == 0 and probe["images"] >= 3 + len(FAMILIES), probe

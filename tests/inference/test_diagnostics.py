@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pyro  # noqa: E402
 import pyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -201,25 +202,82 @@ def test_khat_reading():
 
 @pytest.mark.parametrize("name", zoo.available())
 def test_every_binary_model_becomes_inference_data(name):
-    """One call for any registered model: a posterior where it has latents the guide draws,
-    else one draw of log p(x) at its point estimate; a model without a density says so."""
+    """One call for any registered model: a posterior where it has latents the guide draws, else one
+    draw of log p(x) at its point estimate (enumerated components summed out); per-data-point latents
+    get the importance-sampled marginal; a model without a density gets a warning and no group."""
     cls = zoo.get(name)
     if cls.support != "binary":
         pytest.skip(f"{name} is not a binary model")
     model = zoo.create(name, data_dim=4)
     x = torch.bernoulli(torch.full((12, 4), 0.4), generator=torch.Generator().manual_seed(0))
-    try:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         idata = to_inference_data(model, x, num_draws=6, num_chains=2)
+        d = diagnose(model, x, num_samples=40)
+    try:
+        model.log_prob(x[:1])
     except zoo.NoDensityError:
-        idata = to_inference_data(model, x, num_draws=6, num_chains=2, log_likelihood=False)
-        assert "log_likelihood" not in idata.groups()
+        assert "log_likelihood" not in idata.groups() and d["khat"] is None
+        assert any("no log_likelihood group" in str(w.message) for w in caught)
         return
     ll = idata.log_likelihood["x"]
     assert ll.dims == ("chain", "draw", "obs") and ll.shape[-1] == 12
-    if "posterior" in idata.groups():
+    if idata.attrs.get("point_estimate"):  # the one draw is log p(x) of the model
+        assert ll.shape[:2] == (1, 1)
+        tol = 1e-5 if model.exact_density else 0.5  # the VAE's: importance-sampled, two independent estimates
+        assert torch.allclose(torch.as_tensor(ll.values).reshape(-1).float(), model.log_prob(x).float(), atol=tol)
+    else:
         assert ll.shape[:2] == (2, 6)
-        for v in idata.posterior.data_vars.values():
-            assert v.dims[:2] == ("chain", "draw")
-    else:  # point estimates: the one draw is log p(x) of the model
-        assert idata.attrs["point_estimate"] == 1 and ll.shape[:2] == (1, 1)
-        assert torch.allclose(torch.as_tensor(ll.values).reshape(-1).float(), model.log_prob(x).float(), atol=1e-5)
+    for v in getattr(idata, "posterior", {}).values() if "posterior" in idata.groups() else []:
+        assert v.dims[:2] == ("chain", "draw")
+    if "posterior" in idata.groups():
+        assert d["khat"] is not None and d["kl"] >= -1e-6
+    else:
+        assert d["khat"] is None and "not applicable" in d["khat_reading"]
+
+
+def test_public_calls_leave_the_callers_random_state(fitted):
+    import random
+
+    import numpy as np
+
+    model, x = fitted
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    to_inference_data(model, x, num_draws=20, num_chains=2)
+    diagnose(model, x, num_samples=50)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
+    # and the same seed gives the same draws
+    a = to_inference_data(model, x, num_draws=5, num_chains=2, seed=3).posterior["p"].values
+    b = to_inference_data(model, x, num_draws=5, num_chains=2, seed=3).posterior["p"].values
+    assert (a == b).all()
+
+
+def test_vae_log_likelihood_is_the_importance_sampled_marginal():
+    model = zoo.create("vae", data_dim=4, latent_dim=2, hidden=[8])
+    x = torch.bernoulli(torch.full((30, 4), 0.4), generator=torch.Generator().manual_seed(0))
+    idata = to_inference_data(model, x, num_draws=4, num_chains=2, num_particles=2000)
+    assert "importance-sampled marginal" in idata.attrs["log_likelihood"]
+    ll = torch.as_tensor(idata.log_likelihood["x"].values).reshape(-1)
+    # two independent importance-sampled estimates of the same log p(x_n) (K = 2000 each)
+    assert torch.allclose(ll.float(), model.log_prob(x, num_samples=2000).float(), atol=0.05)
+    d = diagnose(model, x, num_samples=200)
+    assert d["per_data_point"] and d["khat"] >= d["khat_median"]
+    assert d["elbo"] <= d["log_evidence"] and d["kl"] >= 0
+
+
+def test_global_and_local_latents_warn_that_the_log_likelihood_is_conditional():
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("schools", len(y)):
+            theta = pyro.sample("theta", dist.Normal(mu, 1.0))
+            pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+    y = torch.tensor([1.0, 2.0, 3.0])
+    draws = {"mu": torch.randn(2, 5), "theta": torch.randn(2, 5, 3)}
+    with pytest.warns(UserWarning, match="conditional on the per-data-point latent"):
+        idata = to_inference_data(draws, y, model=model)
+    assert idata.posterior["theta"].dims == ("chain", "draw", "obs")
+    assert "conditional" in idata.attrs["log_likelihood"]
+    expected = dist.Normal(torch.as_tensor(idata.posterior["theta"].values[1, 2]).float(), 1.0).log_prob(y)
+    assert torch.allclose(torch.as_tensor(idata.log_likelihood["y"].values[1, 2]).float(), expected, atol=1e-5)

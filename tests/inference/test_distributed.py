@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from inference.loop import CHECKPOINT, METRICS, batch_indices
+from inference.checkpoint import CHECKPOINT, METRICS
+from inference.loop import batch_indices
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +50,8 @@ WORKER = textwrap.dedent(
             self.seen = []
 
         def model(self, x=None, num_data=None):
-            self.seen.append(x.clone())
+            if torch.is_grad_enabled():  # training steps (not the engine's structure probe)
+                self.seen.append(x.clone())
             with data_plate(x, num_data):
                 logits = self.b + x @ (self.W * self.mask).T
                 pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)

@@ -49,7 +49,7 @@ def test_nuts_matches_exact_posterior(run):
     assert samples.shape == (CHAINS, DRAWS, 2)
     assert not torch.equal(samples[0], samples[1])  # the chains are different chains
     exact = model.exact_posterior(x)["p"].base_dist
-    conv = result.zoo_convergence
+    conv = result.convergence
     assert conv["divergences"] == 0
     assert conv["r_hat_max"] < RHAT_BOUND and conv["ess_bulk_min"] > 0.15 * CHAINS * DRAWS
     flat = samples.reshape(-1, 2)
@@ -85,7 +85,7 @@ def test_short_run_warns():
     model = zoo.create("bernoulli", data_dim=2)
     with pytest.warns(ConvergenceWarning, match="ESS"):
         result = mcmc(model, x, num_samples=15, warmup_steps=15, num_chains=2, seed=1)
-    assert not result.zoo_convergence["ok"]
+    assert not result.convergence["ok"]
     # a single chain cannot have its r_hat checked
     idata = to_inference_data(result)
     one = idata.sel(chain=[0])

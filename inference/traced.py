@@ -1,0 +1,200 @@
+"""The engine's fast path: a Pyro objective traced once with :func:`torch.jit.trace`.
+
+:class:`Traced` (the ``jit_*`` objectives, and ``compile="jit"``/``"auto"`` of
+:func:`inference.fit`) replays the objective as a graph traced once per batch shape,
+which removes Pyro's per-step Python (traces, messengers, distribution objects) and
+gives the same loss and gradients, bit for bit (tests/inference/test_fast_path.py).
+Everything about tracing lives in this module.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pyro.infer as infer
+import torch
+from pyro.infer.elbo import ELBO
+from pyro.infer.util import is_identically_zero
+
+__all__ = ["Traced", "simplify_graph"]
+
+
+class _LossModule(torch.nn.Module):
+    """``objective.differentiable_loss(model, guide, x, num_data)`` as a module of x."""
+
+    def __init__(self, objective, model, guide, num_data):
+        super().__init__()
+        self.objective, self.model_fn, self.guide_fn, self.num_data = objective, model, guide, num_data
+        # register the modules that own the parameters, so tracing sees them as inputs
+        self.owners = torch.nn.ModuleList(
+            {id(m): m for m in (getattr(model, "__self__", None), getattr(guide, "__self__", guide))
+             if isinstance(m, torch.nn.Module)}.values()
+        )
+
+    def forward(self, x):
+        objective, kwargs = self.objective, {"num_data": self.num_data}
+        if not isinstance(objective, infer.Trace_ELBO):
+            return objective.differentiable_loss(self.model_fn, self.guide_fn, x, **kwargs)
+        # Trace_ELBO's differentiable_loss adds Python floats (torch_item), which tracing
+        # would freeze as constants. Traced instead: its surrogate (for the gradient) and
+        # the loss itself, summed in float64 in the same order as Pyro sums the floats
+        # (so the value is Pyro's to the last bit, also for score-function guides,
+        # whose surrogate's value is not the loss)
+        if isinstance(objective, infer.TraceMeanField_ELBO):  # its surrogate is the loss
+            loss = 0.0
+            for model_trace, guide_trace in objective._get_traces(self.model_fn, self.guide_fn, (x,), kwargs):
+                loss = loss + objective._differentiable_loss_particle(model_trace, guide_trace)[1] / objective.num_particles
+            return loss
+        loss = surrogate = 0.0
+        exact_value = False
+        for model_trace, guide_trace in objective._get_traces(self.model_fn, self.guide_fn, (x,), kwargs):
+            _, surrogate_particle = objective._differentiable_loss_particle(model_trace, guide_trace)
+            surrogate = surrogate + surrogate_particle / objective.num_particles
+            terms = [
+                (sign, site)
+                for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0))
+                for site in trace.nodes.values()
+                if site["type"] == "sample"
+            ]
+            score = any(not is_identically_zero(s["score_parts"].score_function) for t, s in terms if t < 0)
+            # one log-density term and no score function: the surrogate is the loss, bit for bit
+            exact_value = exact_value or score or len(terms) > 1
+            elbo = 0.0
+            for sign, site in terms:  # detached: the value needs no autograd graph
+                lp = torch.as_tensor(site["log_prob_sum"]).detach().double()
+                elbo = elbo + lp if sign > 0 else elbo - lp
+            loss = loss + (-elbo) / objective.num_particles
+        if not exact_value:
+            return surrogate
+        return surrogate + (torch.as_tensor(loss).to(surrogate.dtype) - surrogate.detach())
+
+
+def _constant(value, equal_to) -> bool:
+    """Whether graph value ``value`` is a constant number (or 0-dim tensor) equal to ``equal_to``."""
+    if value.node().kind() != "prim::Constant":
+        return False
+    try:
+        c = value.toIValue()
+    except RuntimeError:
+        return False
+    if isinstance(c, torch.Tensor):
+        return c.dim() == 0 and bool(c == equal_to)
+    return isinstance(c, (int, float)) and not isinstance(c, bool) and c == equal_to
+
+
+def _same_type(a, b) -> bool:
+    """Whether two graph values are tensors of one recorded dtype, device and shape."""
+    ta, tb = a.type(), b.type()
+    if not (isinstance(ta, torch._C.TensorType) and isinstance(tb, torch._C.TensorType)):
+        return False
+    return (ta.sizes() is not None and ta.sizes() == tb.sizes() and ta.dtype() is not None
+            and ta.dtype() == tb.dtype() and ta.device() == tb.device())
+
+
+_VIEWS = ("aten::reshape", "aten::expand", "aten::slice", "aten::view", "aten::contiguous", "aten::to")
+
+
+def simplify_graph(graph) -> None:
+    """Remove the trace's no-op operations, keeping every result bit for bit.
+
+    A Pyro program traced at one batch shape carries bookkeeping that is constant at that
+    shape (the plate's subsample indices and scale) and operations that do nothing
+    there: ``x + 0``, ``x * 1``, ``x / 1``, a reshape, expand, slice or cast to the
+    shape and type ``x`` has, a broadcast of tensors of one shape. Folding the first and
+    dropping the others leaves the same values and the same gradients (those operations'
+    backward passes are exact identities too) for a fraction of the per-step cost of a
+    small model. Sizes come from the types the trace recorded for the example input, so
+    the graph is valid for that shape only (:class:`Traced` keys graphs by shape).
+    """
+    torch._C._jit_pass_peephole(graph, False)  # x.size(d) -> constant, at the traced shape
+    torch._C._jit_pass_constant_propagation(graph)
+    for node in list(graph.nodes()):
+        kind, ins, outs = node.kind(), list(node.inputs()), list(node.outputs())
+        if kind == "aten::broadcast_tensors":
+            (listed,) = ins
+            uses = [u.user for u in outs[0].uses()]
+            if (listed.node().kind() == "prim::ListConstruct" and len(uses) == 1
+                    and uses[0].kind() == "prim::ListUnpack"):
+                parts, unpacked = list(listed.node().inputs()), list(uses[0].outputs())
+                if len(parts) == len(unpacked) and all(_same_type(a, b) for a, b in zip(parts, unpacked)):
+                    for a, b in zip(parts, unpacked):
+                        b.replaceAllUsesWith(a)
+            continue
+        if len(outs) != 1:
+            continue
+        source = None
+        if kind in ("aten::add", "aten::sub") and len(ins) == 3 and _constant(ins[1], 0) and _constant(ins[2], 1):
+            source = ins[0]
+        elif kind in ("aten::mul", "aten::div") and len(ins) == 2 and _constant(ins[1], 1):
+            source = ins[0]
+        elif kind in _VIEWS and len(ins) >= 2:
+            source = ins[0]
+        if source is not None and _same_type(source, outs[0]):
+            outs[0].replaceAllUsesWith(source)
+    # (no common-subexpression elimination: merging two equal computations changes the
+    # order in which their gradients are summed, so the gradients would differ in the last bit)
+    torch._C._jit_pass_dce(graph)
+
+
+def _identity(fn):
+    """A key for a function that is stable across accesses of a bound method."""
+    owner = getattr(fn, "__self__", None)
+    return (id(owner), fn.__func__) if owner is not None else id(fn)
+
+
+class Traced(ELBO):
+    """A Pyro objective compiled with :func:`torch.jit.trace`: the ``jit_*`` objectives.
+
+    Pyro's own ``Jit*_ELBO`` classes read parameters from the global parameter store, so
+    they fail with the zoo's module-local parameters ("Cannot insert a Tensor that
+    requires grad as a constant"), and in pyro-ppl 1.9.2 ``JitTraceMeanField_ELBO``
+    recompiles on every step. This traces the wrapped objective once per (model, guide,
+    batch shape, ``num_data``), with the modules' parameters as graph inputs, and replays
+    the graph afterwards: the same loss and gradients, without Pyro's per-step Python.
+    The model must have static structure (no data-dependent Python control flow).
+    """
+
+    def __init__(self, objective: ELBO):
+        self.objective = objective
+        self.num_particles = objective.num_particles
+        self.max_plate_nesting = objective.max_plate_nesting
+        self.compiled: dict = {}
+        #: run TorchScript's graph optimiser (fusions; not bit-identical to eager autograd)
+        self.optimize = False
+        #: drop the trace's no-op operations (bit-identical; see :func:`simplify_graph`)
+        self.simplify = True
+
+    def differentiable_loss(self, model, guide, x, num_data=None):
+        key = (_identity(model), _identity(guide), tuple(x.shape), x.dtype, x.device, num_data)
+        fn = self.compiled.get(key)
+        if fn is None:
+            module = _LossModule(self.objective, model, guide, num_data)
+            # tracing runs the objective once: keep the random numbers it draws out of
+            # the stream, so that jit and plain objectives give the same draws
+            devices = [x.device] if x.device.type == "cuda" else []
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                fn = torch.jit.trace(module, (x,), check_trace=False)
+                if self.simplify:
+                    try:
+                        simplify_graph(fn.graph)
+                    except (RuntimeError, AttributeError, TypeError):  # an internal API changed:
+                        fn = torch.jit.trace(module, (x,), check_trace=False)  # the plain trace
+            self.compiled[key] = fn
+        previous = torch._C._get_graph_executor_optimize()
+        torch._C._set_graph_executor_optimize(self.optimize)  # torch.jit.optimized_execution, inlined
+        try:
+            return fn.forward(x)
+        finally:
+            torch._C._set_graph_executor_optimize(previous)
+
+    def loss(self, model, guide, *args, **kwargs):
+        with torch.no_grad():
+            return self.objective.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return self.objective._get_trace(model, guide, args, kwargs)
