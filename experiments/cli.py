@@ -7,7 +7,7 @@
     zoo train --config RUN_DIR/config.json [flags that override it]
     zoo evaluate RUN_DIR
     zoo sample RUN_DIR [-n 64]
-    zoo experiment NAME [--out DIR] [--set key=value ...]     (= python -m experiments NAME)
+    zoo experiment NAME [--out DIR] [--set key=value ...] [--key value ...]   (= python -m experiments NAME)
     zoo compare RUN_DIR... [--out DIR] [--names A B ...]
 
 Errors in the input (unknown names, bad options, bad or missing files, bad data, a setting
@@ -144,6 +144,8 @@ def _parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str,
                    "scalars and the sample grid) to RUN_DIR/tensorboard (needs pip install tensorboard)")
     t.add_argument("--restart", action="store_true", help="start over instead of resuming")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--eval", choices=["none", "nll", "all"],
+                   help="after training: NLL and sample metrics (all, default), NLL only, or none")
 
     e = subs["evaluate"] = sub.add_parser("evaluate", help="evaluate a run folder's model on a split",
                                           description="Print the metrics of a run folder's model on a split.")
@@ -195,8 +197,9 @@ def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> str:
 def main(argv=None, prog: str | None = None) -> int:
     parser, subs = _parser(prog)
     args, extra = parser.parse_known_args(argv)
-    if extra:  # the subcommand's usage, not the top-level one
+    if extra and args.command != "experiment":  # the subcommand's usage, not the top-level one
         subs[args.command].error(_unrecognized(subs[args.command], extra))
+    args.extra = extra  # an experiment's config keys as flags: --budget-minutes 5 = --set budget_minutes=5
     try:
         return _COMMANDS[args.command](args) or 0
     except KeyboardInterrupt as e:
@@ -429,6 +432,7 @@ def train_config(args) -> dict:
         objective=args.objective, guide=args.guide, steps=args.steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, num_particles=args.num_particles,
         early_stopping=args.early_stopping, seed=args.seed, device=args.device, logger=args.logger,
+        eval=args.eval,
     )
     if args.steps is not None or args.epochs is not None:  # one setting: a flag replaces both
         config.pop("steps", None)
@@ -510,7 +514,7 @@ def _experiment(args):
     import experiments
 
     module = experiments.get(args.name)
-    given = _pairs(args.set, "--set")
+    given = {**_pairs(args.set, "--set"), **_flags(args.extra)}
     unknown = set(given) - set(module.CONFIG)
     if unknown:
         raise ValueError(f"unknown config keys for {args.name}: {sorted(unknown)}; valid keys: {', '.join(sorted(module.CONFIG))}")
@@ -531,6 +535,22 @@ def _experiment(args):
         print(f"\n{table.relative_to(out)}:\n")
         print(table.read_text().rstrip())
     print(f"\noutputs: {out}")
+
+
+def _flags(items) -> dict:
+    """``--key-name VALUE`` pairs (or ``--key-name=VALUE``) as config entries ``{"key_name": value}``."""
+    out, items = {}, list(items or [])
+    while items:
+        flag = items.pop(0)
+        name, sep, value = flag.partition("=")
+        if not name.startswith("--") or len(name) < 3:
+            raise ValueError(f"expected --key value, got {flag!r}")
+        if not sep:
+            if not items:
+                raise ValueError(f"{flag} needs a value")
+            value = items.pop(0)
+        out[name[2:].replace("-", "_")] = _value(value)
+    return out
 
 
 def _compare(args):
@@ -554,9 +574,10 @@ def _print_values(values: dict, prefix: str):
 
 
 def _print_metrics(metrics: dict):
+    test = metrics.get("test") or {}
     print(f"{metrics['model']} on {metrics['data']}: {metrics['num_parameters']} parameters, "
           f"{metrics['steps']} steps, {metrics['train_seconds']:.1f} s")
-    _print_values({**metrics.get("test", {}), "sample_quality": metrics.get("sample_quality")}, prefix="  test ")
+    _print_values({**test, "sample_quality": metrics.get("sample_quality")}, prefix="  test ")
 
 
 _COMMANDS = {"list": _list, "info": _info, "train": _train, "evaluate": _evaluate, "sample": _sample,

@@ -38,10 +38,14 @@ CONFIG = dict(
     device="cpu",
     progress=True,
     logger="jsonl",
+    eval="all",  # after training: "all" (NLL + sample quality), "nll" (valid/test NLL) or "none"
+    eval_options={},  # model.log_prob options of the evaluation, e.g. {"num_samples": 5000}
 )
 
 #: keys a run adds to its config.json (recomputed when that file is passed back in)
 DERIVED = ("image_shape", "model_path", "support")
+
+EVAL_LEVELS = ("none", "nll", "all")
 
 FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "lr", "num_particles", "early_stopping")
 
@@ -53,6 +57,8 @@ def resolve(config: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(sorted(CONFIG))}")
     config = {**CONFIG, **{k: v for k, v in config.items() if v is not None}}
+    if config["eval"] not in EVAL_LEVELS:
+        raise ValueError(f"unknown eval {config['eval']!r}; choose from {', '.join(EVAL_LEVELS)}")
     if sources.is_data_file(config["data"]):  # recorded absolute: the run folder works from anywhere
         config["data"] = str(Path(config["data"]).expanduser().resolve())
     if "model_path" not in config:
@@ -140,10 +146,7 @@ def _train_into(config: dict, folder: RunFolder) -> dict:
         "steps": result.steps,
         "train_seconds": round(result.train_seconds, 3),  # summed over the run's parts
         "stopped_early": result.stopped_early,
-        "valid": inference.evaluate(model, valid) if len(valid) else None,
-        "test": inference.evaluate(model, test),
-        # FD, MMD, Parzen window and mode coverage of samples vs the test split (any model)
-        "sample_quality": _sample_quality(model, config),
+        **post_training_metrics(model, config, valid, test),
     }
     folder.write_metrics(metrics)
     plots.loss_curve(
@@ -178,11 +181,12 @@ def _loss_labels(model, num_train: int, num_valid: int, metrics: dict) -> dict:
     return out
 
 
-def _sample_quality(model, config: dict) -> dict:
+def _sample_quality(model, config: dict, progress: bool = True) -> dict:
     if sources.is_data_file(config["data"]):
         return {"sample_note": "sample-quality metrics need a built-in image data set (they use its labelled classifier)"}
     return inference.sample_quality(
-        model, config["data"], root=config["data_dir"], binarize=config["binarize"], seed=config["seed"]
+        model, config["data"], root=config["data_dir"], binarize=config["binarize"], seed=config["seed"],
+        progress=progress,
     )
 
 
@@ -200,8 +204,26 @@ def evaluate_run(workdir, split: str = "test") -> dict:
     return metrics
 
 
+def post_training_metrics(model, config: dict, valid, test) -> dict:
+    """The post-training metrics at the config's ``eval`` level: ``valid``/``test``
+    (:func:`inference.evaluate`, bounded memory, a bar each) and ``sample_quality`` (FD, MMD,
+    Parzen window and mode coverage of samples vs the test split; only with "all")."""
+    level, progress = config.get("eval", "all"), config["progress"]
+    if level == "none":
+        return {"eval": "none"}
+    options = dict(config.get("eval_options") or {})
+    out = {
+        "eval": level,
+        "valid": inference.evaluate(model, valid, progress=progress, desc="evaluate valid", **options) if len(valid) else None,
+        "test": inference.evaluate(model, test, progress=progress, desc="evaluate test", **options),
+    }
+    if level == "all":
+        out["sample_quality"] = _sample_quality(model, config, progress=progress)
+    return out
+
+
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("progress", "device", "data_dir", "logger")}
+    return {k: v for k, v in config.items() if k not in ("progress", "device", "data_dir", "logger", "eval", "eval_options")}
 
 
 def load_run(workdir):

@@ -5,6 +5,7 @@ import math
 
 import torch
 from pyro.infer import Predictive
+from tqdm.auto import tqdm
 
 from inference.svi import as_tensor
 from zoo.base import NoDensityError, ZooModel
@@ -13,7 +14,8 @@ __all__ = ["evaluate", "exact_posterior", "posterior"]
 
 
 @torch.no_grad()
-def evaluate(model, data, *, batch_size: int = 1000, **log_prob_kwargs) -> dict:
+def evaluate(model, data, *, batch_size: int = 250, max_examples: int | None = None,
+             progress: bool = True, desc: str = "evaluate", **log_prob_kwargs) -> dict:
     """Score ``model`` on held-out ``data``.
 
     Returns ``nll`` (mean negative log-likelihood, nats per example), ``bits_per_dim``
@@ -22,22 +24,32 @@ def evaluate(model, data, *, batch_size: int = 1000, **log_prob_kwargs) -> dict:
     (``log_prob`` raises :class:`zoo.NoDensityError`) ``nll`` and ``bits_per_dim`` are
     None and ``nll_note`` says why. ``log_prob_kwargs`` go to ``model.log_prob``
     (e.g. ``num_samples`` of an importance-sampled estimate).
+
+    Memory is bounded whatever the size of ``data``: the rows go through ``log_prob``
+    ``batch_size`` at a time (moved to the model's device chunk by chunk), and only
+    the running sum is kept. ``max_examples`` scores the first that many rows only
+    (``num_examples`` says how many were used). A tqdm bar counts the examples
+    (``progress=False`` hides it; it appears only for work longer than a second).
     """
     x = as_tensor(data)
+    if max_examples is not None:
+        x = x[: int(max_examples)]
     model.check_data(x)
     device = _device_of(model)
-    x = x.to(device)
     out = {"num_examples": int(x.shape[0])}
+    total = 0.0
+    bar = tqdm(total=len(x), desc=desc, unit="ex", disable=not progress, delay=1.0, leave=False, dynamic_ncols=True)
     try:
-        total = sum(
-            float(model.log_prob(chunk, **log_prob_kwargs).sum()) for chunk in x.split(batch_size)
-        )
+        with bar:
+            for chunk in x.split(batch_size):
+                total += float(model.log_prob(chunk.to(device), **log_prob_kwargs).double().sum())
+                bar.update(len(chunk))
     except NoDensityError as e:
         out.update(nll=None, bits_per_dim=None, nll_note=str(e))
     else:
-        nll = -total / x.shape[0]
+        nll = -total / max(x.shape[0], 1)
         out.update(nll=nll, bits_per_dim=nll / (model.dims_per_example * math.log(2)))
-    out.update(model.evaluation_metrics(x))
+    out.update(model.evaluation_metrics(x.to(device)))  # models chunk their own (the VAE's ELBO)
     return out
 
 

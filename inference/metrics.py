@@ -64,11 +64,13 @@ import pyro
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from inference.checkpoint import CheckpointError
 
 __all__ = [
     "FeatureClassifier",
+    "draw_samples",
     "frechet_distance",
     "label_metrics",
     "load_classifier",
@@ -81,6 +83,16 @@ __all__ = [
 
 #: bump when the classifier's architecture or training changes (old caches are ignored)
 CLASSIFIER_VERSION = 1
+#: the largest temporary tensor (bytes) a metric builds: the data are processed in row
+#: blocks of this size, so the memory above the inputs stays a few hundred MB on MNIST
+BLOCK_BYTES = 64 * 2**20
+#: rows per call of ``model.sample`` in :func:`sample_quality`
+SAMPLE_CHUNK = 1000
+
+
+def _block_rows(row_bytes: int) -> int:
+    """Rows of a block whose temporaries take ``row_bytes`` each: at most BLOCK_BYTES."""
+    return max(1, BLOCK_BYTES // max(int(row_bytes), 1))
 
 
 # ----- the feature classifier ---------------------------------------------------------
@@ -119,7 +131,7 @@ def _accuracy(model, x, y) -> float:
         return float((model(x).argmax(-1) == y).double().mean())
 
 
-def train_classifier(train, valid, test, *, epochs: int | None = None, seed: int = 0):
+def train_classifier(train, valid, test, *, epochs: int | None = None, seed: int = 0, progress: bool = False):
     """A :class:`FeatureClassifier` trained on ``train`` (``zoo.Dataset`` with labels).
 
     Returns ``(classifier, info)``; info holds the architecture, the settings, and the
@@ -135,7 +147,8 @@ def train_classifier(train, valid, test, *, epochs: int | None = None, seed: int
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
         g = torch.Generator().manual_seed(seed)
         best, best_state = -1.0, None
-        for _ in range(epochs):
+        for _ in tqdm(range(epochs), desc="feature classifier", unit="epoch", disable=not progress,
+                      delay=1.0, leave=False, dynamic_ncols=True):
             model.train()
             for idx in torch.randperm(len(train), generator=g).split(128):
                 loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
@@ -156,7 +169,7 @@ def train_classifier(train, valid, test, *, epochs: int | None = None, seed: int
 
 
 def load_classifier(data: str = "digits", *, root=None, binarize: str = "threshold", seed: int = 0,
-                    cache=None, retrain: bool = False):
+                    cache=None, retrain: bool = False, progress: bool = False):
     """The feature classifier of data set ``data``: from the cache, else trained and cached.
 
     Returns ``(classifier, info)`` (info: architecture, accuracies, cache path).
@@ -180,7 +193,7 @@ def load_classifier(data: str = "digits", *, root=None, binarize: str = "thresho
     splits = [zoo.load(data, s, root=root, binarize=binarize, seed=seed) for s in ("train", "valid", "test")]
     if any(s.y is None for s in splits) or splits[0].support != "binary":
         raise ValueError(f"{data!r} has no class labels for a feature classifier")
-    model, info = train_classifier(*splits, seed=seed)
+    model, info = train_classifier(*splits, seed=seed, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
@@ -233,9 +246,10 @@ def median_bandwidth(x: torch.Tensor, max_rows: int = 2000) -> float:
     return float(d[i, j].median().sqrt())
 
 
-def _kernel_sum(x, y, sigma, *, exclude_diagonal=False, chunk=2048) -> float:
+def _kernel_sum(x, y, sigma, *, exclude_diagonal=False, chunk=None) -> float:
     total = 0.0
     binary = _is_binary(x) and _is_binary(y)
+    chunk = chunk or _block_rows(8 * len(y))
     for start in range(0, len(x), chunk):
         k = torch.exp(-_sq_dists(x[start:start + chunk], y, binary=binary) / (2 * sigma**2))
         if exclude_diagonal:
@@ -262,12 +276,13 @@ def _is_binary(t: torch.Tensor) -> bool:
     return bool(((t == 0) | (t == 1)).all())
 
 
-def _distance_histogram(samples, x, chunk=256) -> torch.Tensor | None:
+def _distance_histogram(samples, x, chunk=None) -> torch.Tensor | None:
     """For binary rows: counts[j, h] = #{i : Hamming(x_j, s_i) = h}, ``(len(x), D + 1)``;
     None unless both are binary."""
     if not (_is_binary(samples) and _is_binary(x)):
         return None
     D = samples.shape[1]
+    chunk = chunk or _block_rows(8 * len(samples))
     out = []
     for start in range(0, len(x), chunk):
         d = _sq_dists(x[start:start + chunk], samples, binary=True).round().long()  # (b, n)
@@ -275,22 +290,28 @@ def _distance_histogram(samples, x, chunk=256) -> torch.Tensor | None:
     return torch.cat(out)
 
 
-def _parzen_scores(samples, x, log_kernels, histogram=None, chunk=256):
+def _parzen_scores(samples, x, log_kernels, histogram=None, chunk=None):
     """log (1/n) sum_i k(x, s_i) for every row of x and each of K bandwidths: ``(len(x), K)``.
 
     ``log_kernels(sq_dist) -> (..., K)`` gives the log-kernel for K bandwidths. For binary
     rows the squared distance is the Hamming distance h in 0..D, so the sum over samples
-    is a sum over h of count(h) k(h) (``histogram``), exact and cheap.
+    is a sum over h of count(h) k(h) (``histogram``), exact and cheap. Rows are scored in
+    blocks whose (rows, distances, K) temporaries stay below :data:`BLOCK_BYTES`.
     """
     n = len(samples)
     if histogram is None:
-        histogram = _distance_histogram(samples, x, chunk)
+        histogram = _distance_histogram(samples, x)
     if histogram is not None:
         values = torch.arange(histogram.shape[1], dtype=torch.float64)
-        return torch.logsumexp(histogram.log()[..., None] + log_kernels(values), dim=1) - math.log(n)
+        log_k = log_kernels(values)  # (D + 1, K)
+        step = chunk or _block_rows(8 * log_k.numel())
+        return torch.cat([
+            torch.logsumexp(h.log()[..., None] + log_k, dim=1) - math.log(n) for h in histogram.split(step)
+        ])
+    step = chunk or _block_rows(8 * n * len(log_kernels(torch.zeros(1, dtype=torch.float64))[0]))
     rows = []
-    for start in range(0, len(x), chunk):
-        d = _sq_dists(x[start:start + chunk], samples)  # (b, n)
+    for start in range(0, len(x), step):
+        d = _sq_dists(x[start:start + step], samples)  # (b, n)
         rows.append(torch.logsumexp(log_kernels(d), dim=1) - math.log(n))  # (b, K)
     return torch.cat(rows)
 
@@ -355,22 +376,41 @@ def label_metrics(classifier, samples: torch.Tensor, test: torch.Tensor) -> dict
     }
 
 
-def score_samples(samples: torch.Tensor, test, valid, *, classifier=None, parzen_samples=None) -> dict:
+def score_samples(samples: torch.Tensor, test, valid, *, classifier=None, parzen_samples=None,
+                  progress: bool = False) -> dict:
     """Every metric of ``samples`` against the ``test`` split (``zoo.Dataset``s; ``valid`` picks
     the Parzen bandwidths). ``parzen_samples`` (default ``samples``) centre the Parzen windows.
-    Without a ``classifier`` the feature and label metrics are left out."""
+    Without a ``classifier`` the feature and label metrics are left out. Memory above the
+    inputs is bounded (row blocks of :data:`BLOCK_BYTES`); ``progress`` shows a bar of the phases."""
     samples = samples.detach().cpu().float()
     parzen_samples = samples if parzen_samples is None else parzen_samples.detach().cpu().float()
     if samples.dim() != 2 or samples.shape[1] != test.x.shape[1]:
         raise ValueError(f"samples must have shape (n, {test.x.shape[1]}), got {tuple(samples.shape)}")
-    out = {"num_samples": int(len(samples)), "mmd2": mmd2(samples, test.x)}
-    if classifier is not None:
-        with torch.no_grad():
-            out["fd"] = frechet_distance(classifier.features(samples), classifier.features(test.x))
-        out.update(label_metrics(classifier, samples, test.x))
-    hists = (_distance_histogram(parzen_samples, valid.x), _distance_histogram(parzen_samples, test.x))
-    gauss = parzen_log_likelihood(parzen_samples, test.x, valid.x, kernel="gaussian", _histograms=hists)
-    bern = parzen_log_likelihood(parzen_samples, test.x, valid.x, kernel="bernoulli", _histograms=hists)
+    phases = ["mmd", *(["features", "labels"] if classifier is not None else []), "distances", "parzen"]
+    bar = tqdm(total=len(phases), desc="sample metrics", unit="phase", disable=not progress, delay=1.0,
+               leave=False, dynamic_ncols=True)
+    with bar:
+        def phase(name):
+            bar.set_postfix_str(name, refresh=False)
+
+        phase("mmd")
+        out = {"num_samples": int(len(samples)), "mmd2": mmd2(samples, test.x)}
+        bar.update()
+        if classifier is not None:
+            phase("features")
+            with torch.no_grad():
+                out["fd"] = frechet_distance(_features(classifier, samples), _features(classifier, test.x))
+            bar.update()
+            phase("labels")
+            out.update(label_metrics(classifier, samples, test.x))
+            bar.update()
+        phase("distances")
+        hists = (_distance_histogram(parzen_samples, valid.x), _distance_histogram(parzen_samples, test.x))
+        bar.update()
+        phase("parzen")
+        gauss = parzen_log_likelihood(parzen_samples, test.x, valid.x, kernel="gaussian", _histograms=hists)
+        bern = parzen_log_likelihood(parzen_samples, test.x, valid.x, kernel="bernoulli", _histograms=hists)
+        bar.update()
     out.update(
         parzen_ll=gauss["ll"], parzen_ll_sem=gauss["sem"], parzen_sigma=gauss["bandwidth"],
         parzen_bernoulli_ll=bern["ll"], parzen_epsilon=bern["bandwidth"],
@@ -379,16 +419,34 @@ def score_samples(samples: torch.Tensor, test, valid, *, classifier=None, parzen
     return out
 
 
+def _features(classifier, x: torch.Tensor) -> torch.Tensor:
+    """The classifier's feature rows of ``x``, computed in row blocks."""
+    return torch.cat([classifier.features(b) for b in x.split(_block_rows(4 * 4 * x.shape[1]))])
+
+
+def draw_samples(model, n: int, *, chunk: int = SAMPLE_CHUNK, progress: bool = False) -> torch.Tensor:
+    """``n`` samples of ``model`` (``(n, D)`` on the CPU), drawn ``chunk`` at a time with a bar."""
+    out = []
+    with torch.no_grad(), tqdm(total=n, desc="sampling", unit="sample", disable=not progress, delay=1.0,
+                               leave=False, dynamic_ncols=True) as bar:
+        for start in range(0, n, chunk):
+            out.append(model.sample(min(chunk, n - start)).detach().cpu().float())
+            bar.update(len(out[-1]))
+    return torch.cat(out) if out else torch.zeros(0, getattr(model, "data_dim", 0))
+
+
 def sample_quality(model, data: str = "digits", *, root=None, binarize: str = "threshold",
                    seed: int = 0, split: str = "test", num_samples: int | None = None,
-                   parzen_samples: int = 10_000, cache=None) -> dict:
+                   parzen_samples: int = 10_000, cache=None, progress: bool = True) -> dict:
     """Score ``model``'s samples (or a tensor of samples) against split ``split`` of ``data``.
 
-    Draws ``parzen_samples`` samples with Pyro's seed set to ``seed``; the first
-    ``num_samples`` (default: the size of ``split``) give the Frechet distance, MMD and label
-    metrics, all of them the Parzen windows (bandwidths chosen on the ``valid`` split).
-    The feature classifier comes from :func:`load_classifier` (trained once, cached).
-    Models that cannot sample, and non-binary data, give ``{"sample_note": why}``.
+    Draws ``parzen_samples`` samples (in chunks of :data:`SAMPLE_CHUNK`) with Pyro's seed set
+    to ``seed``; the first ``num_samples`` (default: the size of ``split``) give the Frechet
+    distance, MMD and label metrics, all of them the Parzen windows (bandwidths chosen on the
+    ``valid`` split). The feature classifier comes from :func:`load_classifier` (trained
+    once, cached). Models that cannot sample, and non-binary data, give
+    ``{"sample_note": why}``. Memory above the data is bounded; ``progress`` shows bars
+    (sampling, then the metric phases) for work longer than a second.
     """
     import zoo
 
@@ -403,15 +461,15 @@ def sample_quality(model, data: str = "digits", *, root=None, binarize: str = "t
     else:
         pyro.set_rng_seed(seed)
         try:
-            with torch.no_grad():
-                samples = model.sample(max(n, parzen_samples))
+            samples = draw_samples(model, max(n, parzen_samples), progress=progress)
         except NotImplementedError as e:
             return {"sample_note": f"{type(model).__name__} cannot sample: {e}"}
     samples = samples.detach().cpu().float()
     try:
-        classifier, info = load_classifier(data, root=root, binarize=binarize, seed=seed, cache=cache)
+        classifier, info = load_classifier(data, root=root, binarize=binarize, seed=seed, cache=cache,
+                                           progress=progress)
     except (ValueError, CheckpointError) as e:
         classifier, info = None, {"note": str(e)}
-    out = score_samples(samples[:n], test, valid, classifier=classifier, parzen_samples=samples)
+    out = score_samples(samples[:n], test, valid, classifier=classifier, parzen_samples=samples, progress=progress)
     out["classifier_test_accuracy"] = info.get("test_accuracy")
     return out

@@ -33,8 +33,20 @@ Binarisation (``binarize=``)
     ``mnist``/``fashion_mnist``: pixel = 1 iff grey level >= 128 (of 0..255).
 ``"dynamic"``
     Each pixel ~ Bernoulli(grey / 16) for ``digits``, Bernoulli(grey / 255)
-    for the MNIST IDX sets, drawn with a ``torch.Generator`` seeded by
-    ``seed``: the same ``(name, split, seed)`` always gives the same images.
+    for the MNIST IDX sets, as the dynamic-binarisation papers train
+    (Salakhutdinov & Murray 2008; Burda et al. 2016, Table 1):
+
+    * ``train``: a **fresh draw every epoch**. The dataset keeps its grey
+      levels; :meth:`Dataset.for_epoch` ``(e)`` returns the ``(N, D)`` 0/1
+      images of epoch ``e`` (same rows, same order), drawn from a
+      ``torch.Generator`` seeded by ``(seed, e)`` (through
+      ``numpy.random.SeedSequence([seed, e])``), so a resumed run sees the
+      same images as an uninterrupted one. ``x`` is the epoch-0 draw.
+    * ``valid`` and ``test``: binarised **once, with a fixed seed** that does
+      not depend on ``seed`` (:data:`EVAL_BINARIZATION_SEEDS`: ``valid`` 1,
+      ``test`` 0, i.e. ``for_epoch``'s draw of epoch 0 with seed 1 resp. 0),
+      so every model and every training seed is scored on the same images.
+      ``for_epoch`` returns ``x``.
 ``binarized_mnist`` is already binary and ``digits_labels`` is categorical:
 both accept only the default ``"threshold"`` (a no-op) and reject
 ``"dynamic"``.
@@ -79,6 +91,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "DataError",
     "Dataset",
+    "EVAL_BINARIZATION_SEEDS",
     "SPLITS",
     "check_binary",
     "clear_cache",
@@ -97,6 +110,8 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 BINARIZE_OPTIONS: tuple[str, ...] = ("threshold", "dynamic")
 DATA_DIR_ENV = "ZOO_DATA_DIR"
 DEFAULT_DATA_DIR = pathlib.Path("~/.cache/zoo/data")
+#: seeds of the one dynamic binarisation of the held-out splits (independent of ``seed``)
+EVAL_BINARIZATION_SEEDS = {"valid": 1, "test": 0}
 
 PathLike = Union[str, os.PathLike]
 
@@ -142,6 +157,10 @@ class Dataset:
         ``(28, 28)``; ``None`` for categorical data.
     :param num_categories: number of categories of categorical data, else
         ``None``.
+    :param grey: for a dynamically binarised training split, the grey levels
+        (uint8 ``(N, D)``) that :meth:`for_epoch` draws from; else ``None``.
+    :param max_grey: the grey level of probability 1 (16 or 255) with ``grey``.
+    :param seed: the seed of the per-epoch draws with ``grey``.
     """
 
     name: str
@@ -150,6 +169,9 @@ class Dataset:
     y: Optional[torch.Tensor]
     image_shape: Optional[tuple[int, ...]]
     num_categories: Optional[int] = None
+    grey: Optional[torch.Tensor] = dataclasses.field(default=None, repr=False)
+    max_grey: Optional[int] = None
+    seed: Optional[int] = None
 
     def __post_init__(self) -> None:
         expected_ndim = 1 if self.num_categories is not None else 2
@@ -163,6 +185,32 @@ class Dataset:
                 f"{self.name}/{self.split}: y has shape {tuple(self.y.shape)}, "
                 f"expected ({self.x.shape[0]},)"
             )
+
+        if self.grey is not None and self.grey.shape != self.x.shape:
+            raise DataError(
+                f"{self.name}/{self.split}: grey has shape {tuple(self.grey.shape)}, "
+                f"expected {tuple(self.x.shape)}"
+            )
+
+    @property
+    def dynamic(self) -> bool:
+        """True if :meth:`for_epoch` draws fresh images every epoch."""
+        return self.grey is not None
+
+    def for_epoch(self, epoch: int) -> torch.Tensor:
+        """The ``(N, D)`` images to train on in epoch ``epoch`` (0-based).
+
+        Dynamically binarised training data: a fresh float32 0/1 tensor, pixel
+        ~ Bernoulli(grey / max_grey) from a generator seeded by
+        ``(seed, epoch)``; the same rows in the same order every epoch, the
+        same draw for the same epoch (``for_epoch(0)`` equals ``x``). Any other
+        data set: ``x`` itself.
+        """
+        if self.grey is None:
+            return self.x
+        if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 0:
+            raise DataError(f"epoch must be a non-negative integer, got {epoch!r}")
+        return _bernoulli_draw(self.grey, self.max_grey, self.seed, int(epoch))
 
     @property
     def support(self) -> str:
@@ -243,7 +291,9 @@ def load(
     :param binarize: ``"threshold"`` or ``"dynamic"`` (see the module
         docstring); ``binarized_mnist`` and ``digits_labels`` accept only
         ``"threshold"``.
-    :param seed: seed of the ``torch.Generator`` used by ``"dynamic"``.
+    :param seed: with ``"dynamic"``, the seed of the training split's
+        per-epoch draws (:meth:`Dataset.for_epoch`); the held-out splits use
+        :data:`EVAL_BINARIZATION_SEEDS` whatever ``seed`` is.
     :returns: a :class:`Dataset` with freshly allocated tensors.
     :raises DataError: on a bad argument or a missing or corrupt file.
     """
@@ -273,14 +323,38 @@ def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
         raise DataError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
 
 
-def _binarize(grey: np.ndarray, max_grey: int, threshold: int, binarize: str, seed: int) -> torch.Tensor:
-    """Binarise grey levels ``grey`` (uint8/int array of shape ``(N, D)``) to a
-    fresh float32 tensor of shape ``(N, D)`` of 0/1."""
+def _binarize(grey: np.ndarray, max_grey: int, threshold: int, binarize: str, split: str, seed: int) -> dict:
+    """Binarise grey levels ``grey`` (uint8 array of shape ``(N, D)``): the
+    :class:`Dataset` fields ``x`` (a fresh float32 ``(N, D)`` tensor of 0/1) and,
+    for a dynamically binarised training split, ``grey``/``max_grey``/``seed``."""
     if binarize == "threshold":
-        return torch.from_numpy((grey >= threshold).astype(np.float32))
-    probs = torch.from_numpy(grey.astype(np.float32)).div_(max_grey)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.bernoulli(probs, generator=generator)
+        return dict(x=torch.from_numpy((grey >= threshold).astype(np.float32)))
+    _check_seed(seed)
+    levels = torch.from_numpy(np.array(grey, dtype=np.uint8))  # a writable copy
+    if split in EVAL_BINARIZATION_SEEDS:  # held out: one draw with a fixed seed
+        return dict(x=_bernoulli_draw(levels, max_grey, EVAL_BINARIZATION_SEEDS[split], 0))
+    return dict(x=_bernoulli_draw(levels, max_grey, seed, 0), grey=levels, max_grey=max_grey, seed=seed)
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _bernoulli_draw(grey: torch.Tensor, max_grey: int, seed: int, epoch: int, chunk: int = 8192) -> torch.Tensor:
+    """float32 ``(N, D)``: pixel = [u < grey / max_grey], u ~ U[0, 1) from a
+    generator seeded by ``SeedSequence([seed, epoch])``, i.e. Bernoulli(grey / max_grey).
+
+    Drawn in blocks of ``chunk`` rows from one generator (the same numbers as one
+    draw), so the temporary memory is a few MB whatever N is.
+    """
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0]
+    generator = torch.Generator().manual_seed(int(state))
+    out = torch.empty(grey.shape, dtype=torch.float32)
+    for rows, levels in zip(out.split(chunk), grey.split(chunk)):
+        u = torch.rand(levels.shape, generator=generator)
+        rows.copy_(u.mul_(max_grey) < levels)  # u * max < grey  <=>  u < grey / max
+    return out
 
 
 def _file_key(path: pathlib.Path) -> tuple[str, int, int]:
@@ -357,9 +431,9 @@ def _digits_indices(split: str) -> np.ndarray:
 def _load_digits(split: str, binarize: str, seed: int) -> Dataset:
     images, labels = _digits_arrays()
     idx = _digits_indices(split)
-    x = _binarize(images[idx], _DIGITS_MAX_GREY, _DIGITS_THRESHOLD, binarize, seed)
+    fields = _binarize(images[idx], _DIGITS_MAX_GREY, _DIGITS_THRESHOLD, binarize, split, seed)
     y = torch.from_numpy(labels[idx])  # fancy indexing copies
-    return Dataset("digits", split, x, y, image_shape=(8, 8))
+    return Dataset("digits", split, y=y, image_shape=(8, 8), **fields)
 
 
 def _load_digits_labels(split: str) -> Dataset:
@@ -434,9 +508,9 @@ def _load_idx_dataset(name: str, split: str, root: pathlib.Path, binarize: str, 
         num_valid = len(images) // 6
         rows = slice(len(images) - num_valid, None) if split == "valid" else slice(0, len(images) - num_valid)
         images, labels = images[rows], labels[rows]
-    x = _binarize(images, _MNIST_MAX_GREY, _MNIST_THRESHOLD, binarize, seed)
+    fields = _binarize(images, _MNIST_MAX_GREY, _MNIST_THRESHOLD, binarize, split, seed)
     y = torch.from_numpy(labels.astype(np.int64))
-    return Dataset(name, split, x, y, image_shape=(_MNIST_SIDE, _MNIST_SIDE))
+    return Dataset(name, split, y=y, image_shape=(_MNIST_SIDE, _MNIST_SIDE), **fields)
 
 
 # ---------------------------------------------------------------------------

@@ -202,3 +202,56 @@ def test_parzen_histogram_shortcut_equals_the_direct_sum():
     direct = M._parzen_scores(samples.double() + 1e-12, x.double(), log_k)  # not binary: direct path
     assert M._distance_histogram(samples.double() + 1e-12, x) is None
     assert torch.allclose(shortcut, direct, rtol=0, atol=1e-9)
+
+
+# ----- bounded memory: row blocks change no number, and no temporary outgrows a block -----------
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the bytes of the largest tensor any torch operation returns."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def _binary_sets(n_samples=600, n_test=300, dim=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(dim, generator=g)
+    draw = lambda n: torch.bernoulli(probs.expand(n, dim), generator=g)  # noqa: E731
+    test, valid = (zoo.Dataset("synthetic", s, draw(n_test), None, (8, 8)) for s in ("test", "valid"))
+    return draw(n_samples), test, valid
+
+
+def test_score_samples_is_the_same_in_small_blocks(monkeypatch):
+    samples, test, valid = _binary_sets()
+    whole = M.score_samples(samples, test, valid)
+    monkeypatch.setattr(M, "BLOCK_BYTES", 4096)  # blocks of a few rows
+    blocked = M.score_samples(samples, test, valid)
+    assert blocked.keys() == whole.keys()
+    for k, v in whole.items():
+        assert blocked[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+
+
+def test_score_samples_temporaries_stay_within_a_block(monkeypatch):
+    # the Parzen scores of 300 rows x 65 distances x 30 bandwidths in float64 are 4.7 MB at once;
+    # in blocks of 1 MB no tensor may exceed that (the inputs here are 150 KB, the pairwise
+    # distances of the 300 test rows for the median heuristic 0.7 MB)
+    samples, test, valid = _binary_sets()
+    monkeypatch.setattr(M, "BLOCK_BYTES", 2**20)
+    with _LargestTensor() as mode:
+        M.score_samples(samples, test, valid)
+    assert mode.largest <= 2**20
+
+
+def test_draw_samples_in_chunks_is_seeded_and_complete():
+    model = zoo.create("independent", data_dim=5)
+    pyro.set_rng_seed(3)
+    a = M.draw_samples(model, 25, chunk=7)
+    pyro.set_rng_seed(3)
+    b = M.draw_samples(model, 25, chunk=7)
+    assert a.shape == (25, 5) and torch.equal(a, b)
+    assert ((a == 0) | (a == 1)).all()

@@ -222,7 +222,79 @@ def test_idx_dynamic_binarisation(tmp_path):
     check_binary(a.x)
     assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
     assert (a.x[:, 0] == 0).all() and (a.x[:, 1] == 1).all()  # grey 0 and 255
-    assert abs(a.x.mean().item() - 0.5) < 0.02  # uniform grey levels
+    assert abs(a.x.mean().item() - 0.5) < 0.02  # uniform grey levels (sd of the mean ~0.0023)
+
+
+# ---------------------------------------------------------------------------
+# dynamic binarisation: a fresh draw per epoch for training, one fixed draw held out
+
+
+def test_dynamic_train_draws_afresh_every_epoch(tmp_path):
+    arrays = write_idx_set(tmp_path / "mnist", num_train=60)
+    ds = load("mnist", "train", root=tmp_path, binarize="dynamic", seed=3)
+    assert ds.dynamic and ds.grey.dtype == torch.uint8
+    np.testing.assert_array_equal(ds.grey.numpy(), arrays["train"][0][:50])  # rows in order
+    epochs = [ds.for_epoch(e) for e in range(4)]
+    assert torch.equal(epochs[0], ds.x)  # x is the epoch-0 draw
+    for x in epochs:
+        check_binary(x)
+        assert x.dtype == torch.float32 and x.shape == (50, 784)
+        assert (x[:, 0] == 0).all() and (x[:, 1] == 1).all()  # grey 0 never, 255 always on
+    for i in range(4):
+        for j in range(i + 1, 4):  # ~ 2/9 of 39,200 pixels differ between two draws
+            assert (epochs[i] != epochs[j]).float().mean() > 0.1
+    # the same (seed, epoch) gives the same draw: in a new process-state, after other draws
+    again = load("mnist", "train", root=tmp_path, binarize="dynamic", seed=3)
+    torch.manual_seed(123)
+    assert torch.equal(again.for_epoch(2), epochs[2]) and torch.equal(ds.for_epoch(2), epochs[2])
+    other_seed = load("mnist", "train", root=tmp_path, binarize="dynamic", seed=4)
+    assert (other_seed.for_epoch(2) != epochs[2]).float().mean() > 0.1
+
+
+def test_dynamic_draws_match_the_grey_levels():
+    ds = load("digits", "train", binarize="dynamic", seed=0)
+    probs = ds.grey.double() / 16
+    draws = torch.stack([ds.for_epoch(e).double() for e in range(200)])  # (200, 1197, 64)
+    # per pixel: the frequency over 200 epochs has sd <= 0.5 / sqrt(200) = 0.035
+    assert (draws.mean(0) - probs).abs().max() < 0.035 * 6
+    # overall: 200 x 76,608 draws, sd of the mean < 1.3e-4
+    assert abs(float(draws.mean() - probs.mean())) < 2e-3
+    assert not draws[:, probs == 0].any() and draws[:, probs == 1].all()
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_dynamic_held_out_splits_are_one_fixed_draw(tmp_path, split):
+    write_idx_set(tmp_path / "mnist", num_train=60)
+    a = load("mnist", split, root=tmp_path, binarize="dynamic", seed=0)
+    b = load("mnist", split, root=tmp_path, binarize="dynamic", seed=11)  # the seed is not used
+    check_binary(a.x)
+    assert torch.equal(a.x, b.x)
+    assert not a.dynamic and a.for_epoch(5) is a.x
+    # the documented fixed seed: the draw of epoch 0 of a training split with that seed
+    grey = torch.from_numpy(np.array(zd._read_idx_pair("mnist", tmp_path / "mnist", "test" if split == "test" else "train")[0]))
+    grey = grey if split == "test" else grey[50:]
+    expected = zd._bernoulli_draw(grey, 255, zd.EVAL_BINARIZATION_SEEDS[split], 0)
+    assert torch.equal(a.x, expected)
+
+
+def test_static_data_for_epoch_is_x():
+    ds = load("digits", "train")
+    assert not ds.dynamic and ds.for_epoch(0) is ds.x and ds.for_epoch(7) is ds.x
+
+
+def test_dynamic_draw_is_blockwise_invariant():
+    grey = torch.randint(0, 256, (100, 30), dtype=torch.uint8)
+    whole = zd._bernoulli_draw(grey, 255, 5, 2, chunk=1000)
+    assert torch.equal(zd._bernoulli_draw(grey, 255, 5, 2, chunk=7), whole)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_dynamic_bad_epoch_or_seed(bad):
+    ds = load("digits", "train", binarize="dynamic")
+    with pytest.raises(DataError, match="epoch"):
+        ds.for_epoch(bad)
+    with pytest.raises(DataError, match="seed"):
+        load("digits", "train", binarize="dynamic", seed=bad)
 
 
 def test_idx_cache_and_rewrite(tmp_path):

@@ -1,0 +1,483 @@
+"""The binarized-MNIST leaderboard: each model trained on its paper's recipe, scored by its paper's estimator.
+
+    python -m experiments leaderboard --data binarized_mnist            # fixed (Larochelle & Murray) binarization
+    python -m experiments leaderboard --data mnist --binarize dynamic   # a fresh draw per epoch, test fixed (seed 0)
+    python -m experiments leaderboard --data binarized_mnist --budget-minutes 5 --models "['fvsbn','made']"
+
+Every row is one run folder ``workdir/<label>/`` written by :func:`experiments.train.train_and_evaluate`
+with the row's full recipe (architecture, Adam settings, epochs, early stopping on the validation
+split), so an interrupted leaderboard resumes each model where it stopped, and a GPU session
+(``--device cuda``) finishes what a CPU session started. ``epochs`` (a total, e.g. ``--epochs 3``:
+train up to epoch 3 of the recipe's schedule) and ``budget_minutes`` (training time per model in
+this session) stop a run early at a checkpoint; its row is then marked *partial* with the epochs run
+against the recipe's. The learning-rate schedule is always the recipe's, so a capped run continued
+later ends where an uninterrupted one would.
+
+Each finished or capped model is scored on the test split by its paper's estimator: the exact NLL
+for fully observed models (the MADE mask ensemble is the exact mixture, by log-mean-exp over the
+masks), the importance-sampled bound with K = 5000 for the VAEs (Burda et al. 2016). Scores are
+cached in the run folder by checkpoint step, so rerunning the leaderboard re-scores only what moved.
+
+Recipes live in :data:`RECIPES` (one per row label); a model class with a ``paper`` attribute
+(``dict(recipe=fit settings, options=constructor options, published=dict(fixed=, dynamic=),
+citation=...)``) supplies the recipe of the row labelled by its registered name, and registered
+classes with a ``paper`` but no row get one. The optimiser is always Adam (the engine's); where a
+paper used another one (SGD, Adagrad) or EM, the recipe's ``note`` says so.
+
+Writes to ``workdir``: ``leaderboard-<data>.md`` (the table and notes; ``<data>`` is
+``binarized-mnist``, ``mnist-dynamic``, ...), ``.csv``, ``.json`` (every number) and ``.png`` (ours
+against published, per model); the run folders are ``workdir/<data>/<label>/``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import signal
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+import inference
+import zoo
+from experiments import plots
+from experiments.train import load_run, train_and_evaluate
+from inference.loop import CHECKPOINT
+
+__all__ = ["CONFIG", "RECIPES", "TINY", "resolve_rows", "run", "run_row", "table_markdown"]
+
+L_AND_M = "Larochelle & Murray 2011, Table 2"
+MADE_PAPER = "Germain et al. 2015, Table 6"
+IWAE_T1 = "Burda et al. 2016, Table 1"
+IWAE_APPENDIX = "Burda et al. 2016, appendix (fixed binarization); not verified here"
+PYTORCH_GENERATIVE = "pytorch-generative README; not verified here"
+IWAE_FIT = dict(lr=1e-3, batch_size=20, epochs=3280)  # 3280 passes = sum_{i<8} 3^i of Burda et al.
+
+#: one recipe per row: model, constructor options, fit settings, estimator, published figures
+RECIPES = {
+    "independent": dict(
+        model="independent", fit=dict(lr=0.05, batch_size=100, epochs=10),
+        published={}, note="baseline: independent pixels (no published figure)",
+    ),
+    "mixture-500": dict(
+        model="mixture", options=dict(num_components=500), fit=dict(objective="enum", lr=0.02, batch_size=100, epochs=100, early_stopping=10),
+        published=dict(fixed=(137.64, L_AND_M)), note="paper: EM; ours: gradient (Adam) on the enumerated marginal",
+    ),
+    "fvsbn": dict(
+        model="fvsbn", fit=dict(lr=1e-2, batch_size=100, epochs=20, early_stopping=10),
+        published=dict(fixed=(97.45, L_AND_M), dynamic=(96.58, PYTORCH_GENERATIVE)), note="ours: Adam, early stopping on the validation split",
+    ),
+    "nade": dict(
+        model="nade", options=dict(hidden_size=500), fit=dict(lr=1e-3, batch_size=100, epochs=100, early_stopping=10),
+        published=dict(fixed=(88.86, L_AND_M), dynamic=(85.65, PYTORCH_GENERATIVE)), note="H=500; ours: Adam, early stopping on the validation split",
+    ),
+    "made": dict(
+        model="made", options=dict(hidden_sizes=[500]), fit=dict(lr=1e-3, batch_size=100, epochs=200, early_stopping=30),
+        published=dict(fixed=(88.40, MADE_PAPER), dynamic=(84.87, PYTORCH_GENERATIVE)),
+        note="1 hidden layer of 500, 1 mask; early stopping with a 30-epoch look-ahead as in the paper (its optimiser not reproduced: ours is Adam)",
+    ),
+    "made-32-masks": dict(
+        model="made", options=dict(hidden_sizes=[500], num_masks=32, order_agnostic=True),
+        fit=dict(lr=1e-3, batch_size=100, epochs=200, early_stopping=30),
+        published=dict(fixed=(88.04, MADE_PAPER)),
+        note="1 hidden layer of 500, a mask drawn per step",
+    ),
+    "made-2-layers-32-masks": dict(
+        model="made", options=dict(hidden_sizes=[500, 500], num_masks=32, order_agnostic=True),
+        fit=dict(lr=1e-3, batch_size=100, epochs=200, early_stopping=30),
+        published=dict(fixed=(86.64, MADE_PAPER)),
+        note="2 hidden layers of 500, a mask drawn per step",
+    ),
+    "vae": dict(
+        model="vae", options=dict(hidden=[200, 200], latent_dim=50, activation="tanh"), fit=dict(objective="elbo", **IWAE_FIT),
+        published=dict(fixed=(88.71, IWAE_APPENDIX), dynamic=(86.76, IWAE_T1)), eval_options=dict(num_samples=5000),
+        note="1 stochastic layer 784-200-200-50 (tanh), k=1; paper: Adam with lr 1e-3 * 10^(-i/7) for 3^i passes",
+    ),
+    "vae-2-stochastic-layers": dict(
+        model="vae2", eval_options=dict(num_samples=5000), fit=dict(objective="elbo", **IWAE_FIT),
+        published=dict(dynamic=(85.33, IWAE_T1)),
+        note="IWAE's 2 stochastic layers 784-(200-200)-100-(100-100)-50, k=1 (model from the models helper)",
+    ),
+    "pixelcnn": dict(
+        model="pixelcnn", fit=dict(lr=1e-3, batch_size=100, epochs=100, early_stopping=10),
+        published=dict(fixed=(81.30, "van den Oord et al. 2016 (Pixel RNN), Table 4"), dynamic=(81.45, PYTORCH_GENERATIVE)),
+        note="masked convolutions (model from the models helper)",
+    ),
+    "iwae-k50": dict(
+        model="vae", options=dict(hidden=[200, 200], latent_dim=50, activation="tanh"),
+        fit=dict(objective="iwae", num_particles=50, **IWAE_FIT),
+        published=dict(fixed=(87.10, IWAE_APPENDIX), dynamic=(84.78, IWAE_T1)), eval_options=dict(num_samples=5000),
+        note="the same VAE trained by the IWAE bound with k=50",
+    ),
+}
+
+CONFIG = dict(
+    data="binarized_mnist",
+    data_dir=None,
+    binarize="threshold",
+    models=None,  # row labels; None: every recipe, then every registered class with a ``paper``
+    recipes={},  # label -> recipe overrides (merged over RECIPES[label] and any class's paper)
+    epochs=None,  # train each model up to this epoch of its recipe's schedule (a total across sessions)
+    budget_minutes=None,  # at most this much training per model in this session
+    eval_options={},  # label -> log_prob options overriding the recipe's (e.g. a smaller K)
+    train=True,  # False: only score and tabulate the run folders that exist
+    seed=0,
+    device="cpu",
+    threads=None,  # torch.set_num_threads (None: leave it)
+    progress=True,
+)
+
+TINY = dict(
+    data="digits",
+    models=["fvsbn", "made-32-masks", "vae"],
+    recipes={
+        "fvsbn": dict(fit=dict(epochs=2, batch_size=100, early_stopping=None)),
+        "made-32-masks": dict(options=dict(hidden_sizes=[16], num_masks=2), fit=dict(epochs=2, batch_size=100, early_stopping=None)),
+        "vae": dict(options=dict(hidden=[16], latent_dim=2), fit=dict(epochs=2, batch_size=100), eval_options=dict(num_samples=8)),
+    },
+    progress=False,
+)
+
+COLUMNS = [
+    ("label", "model"), ("parameters", "parameters"), ("binarization", "binarization (train / test)"),
+    ("estimator", "estimator (K)"), ("ours", "ours (nats)"), ("published", "published (nats)"),
+    ("difference", "difference"), ("epochs", "epochs (run / recipe)"), ("wall_time", "wall time"), ("device", "device"),
+]
+
+
+# ----- rows ------------------------------------------------------------------------------
+def resolve_rows(config: dict) -> list[dict]:
+    """The config's rows: ``{"label", "model", "options", "fit", "eval_options", "estimator",
+    "published", "note"}``, from :data:`RECIPES`, the classes' ``paper`` and ``config["recipes"]``."""
+    labels = list(config["models"] or RECIPES)
+    if config["models"] is None:  # classes that bring their own paper recipe get a row
+        labels += [n for n in zoo.available() if getattr(zoo.get(n), "paper", None) and n not in labels
+                   and not any(RECIPES[lab]["model"] == n for lab in labels)]
+    rows = []
+    for label in labels:
+        recipe = copy.deepcopy(RECIPES.get(label, {"model": label}))
+        name = recipe.get("model", label)
+        paper = getattr(zoo.get(name), "paper", None) if name in zoo.available() else None
+        if paper and label == name:
+            recipe.update(options=paper.get("options", recipe.get("options", {})), fit=paper.get("recipe", recipe.get("fit", {})))
+            cite = paper.get("citation", "")
+            recipe["published"] = {k: (v, cite) for k, v in (paper.get("published") or {}).items() if v is not None}
+            for key in ("eval_options", "estimator", "note"):
+                recipe[key] = paper.get(key, recipe.get(key))
+        override = config["recipes"].get(label, {})
+        for key in ("options", "fit", "eval_options"):
+            recipe[key] = {**(recipe.get(key) or {}), **(override.get(key) or {})}
+        recipe.update({k: v for k, v in override.items() if k not in ("options", "fit", "eval_options")})
+        recipe["eval_options"].update(config["eval_options"].get(label, {}))
+        rows.append(dict(recipe, label=label, model=name))
+    return rows
+
+
+def estimator(row: dict) -> str:
+    """How a row's test NLL is computed, with K."""
+    if row.get("estimator"):
+        return row["estimator"]
+    masks = row["options"].get("num_masks", 1)
+    if masks > 1:  # MADE's log_prob is the exact mixture over its masks
+        return f"exact, {masks}-mask ensemble (log-mean-exp)"
+    k = row["eval_options"].get("num_samples")
+    if row["model"] not in zoo.available():
+        return f"IS, K={k}" if k else "exact"
+    if k or not getattr(zoo.get(row["model"]), "exact_density", True):
+        return f"IS, K={k or getattr(zoo.get(row['model']), 'default_num_samples', '?')}"
+    return "exact"
+
+
+def binarization(config: dict) -> tuple[str, str | None]:
+    """(description for the table, key of the published figures: "fixed"/"dynamic"/None)."""
+    if config["data"] == "binarized_mnist":
+        return "fixed (Larochelle & Murray) / fixed", "fixed"
+    if config["binarize"] == "dynamic":
+        return (f"dynamic, a draw per epoch / one draw, seed {zoo.data.EVAL_BINARIZATION_SEEDS['test']}",
+                "dynamic" if config["data"] == "mnist" else None)
+    return "threshold 0.5 / threshold 0.5", None
+
+
+# ----- training with caps ---------------------------------------------------------------
+@contextlib.contextmanager
+def _capped(max_steps: int | None, seconds: float | None):
+    """Stop training after ``max_steps`` optimiser steps or ``seconds`` by the engine's own
+    Ctrl-C path (checkpoint, then KeyboardInterrupt); yields a dict whose "hit" says if it did."""
+    state = {"hit": False, "steps": 0}
+    deadline = None if seconds is None else time.perf_counter() + seconds
+
+    def hook(optimizer, args, kwargs):
+        state["steps"] += 1
+        late = deadline is not None and time.perf_counter() > deadline
+        if not state["hit"] and (late or (max_steps is not None and state["steps"] >= max_steps)):
+            state["hit"] = True
+            signal.raise_signal(signal.SIGINT)
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        yield state
+    finally:
+        handle.remove()
+
+
+def _train_config(row: dict, config: dict) -> dict:
+    return dict(
+        model=row["model"], options=row["options"], data=config["data"], data_dir=config["data_dir"],
+        binarize=config["binarize"], seed=config["seed"], device=config["device"],
+        progress=config["progress"], eval="none", **row["fit"],
+    )
+
+
+def _steps_per_epoch(row: dict, num_train: int) -> int:
+    batch = row["fit"].get("batch_size") or zoo.get(row["model"]).fit_defaults.get("batch_size", 128)
+    return max(num_train // min(int(batch), num_train), 1)
+
+
+def _checkpoint_step(workdir: Path) -> int:
+    path = workdir / CHECKPOINT
+    return int(inference.load_checkpoint(path)["step"]) if path.is_file() else 0
+
+
+def train_row(row: dict, config: dict, workdir: Path, status: dict, num_train: int) -> dict:
+    """Train (or resume) one row's run folder within the config's caps; updates ``status``."""
+    per_epoch = _steps_per_epoch(row, num_train)
+    done = _checkpoint_step(workdir)
+    max_steps = None if config["epochs"] is None else int(config["epochs"] * per_epoch) - done
+    if status.get("finished") or (max_steps is not None and max_steps <= 0) or not config["train"]:
+        return status
+    seconds = None if config["budget_minutes"] is None else 60 * float(config["budget_minutes"])
+    caps = [f"up to epoch {config['epochs']}"] if max_steps is not None else []
+    caps += [f"at most {config['budget_minutes']} min"] if seconds is not None else []
+    print(f"  training from epoch {done / per_epoch:g} of {row['fit'].get('epochs', '?')}"
+          + (f" ({', '.join(caps)})" if caps else ""), flush=True)
+    start = time.perf_counter()
+    try:
+        with _capped(max_steps, seconds) as cap:
+            metrics = train_and_evaluate(_train_config(row, config), workdir)
+        status.update(finished=True, stopped_early=bool(metrics.get("stopped_early")))
+    except KeyboardInterrupt:
+        if not cap["hit"]:
+            raise
+    after = _checkpoint_step(workdir)
+    status.setdefault("sessions", []).append(dict(
+        seconds=round(time.perf_counter() - start, 1), from_step=done, to_step=after, device=_device(config),
+    ))
+    return status
+
+
+def _device(config: dict) -> str:
+    if str(config["device"]).startswith("cuda") and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+
+
+# ----- scoring ---------------------------------------------------------------------------
+def score_row(row: dict, config: dict, workdir: Path, status: dict, test) -> dict | None:
+    """The test metrics of the run folder's checkpoint by the row's estimator (cached by step)."""
+    step = _checkpoint_step(workdir)
+    if step == 0:
+        return None
+    key = dict(step=step, eval_options=row["eval_options"], test=f"{config['data']}/{config['binarize']}")
+    cached = status.get("score")
+    if cached and cached.get("key") == key:
+        return cached["metrics"]
+    print(f"  scoring the checkpoint of step {step} on {len(test)} test images ({estimator(row)})", flush=True)
+    model, _ = load_run(workdir)
+    model.to(config["device"])
+    model.eval()
+    pyro.set_rng_seed(config["seed"] + 1)
+    start = time.perf_counter()
+    metrics = inference.evaluate(model, test, progress=config["progress"], desc=f"score {row['label']}", **row["eval_options"])
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    status["score"] = dict(key=key, metrics=metrics)
+    return metrics
+
+
+def run_row(row: dict, config: dict, workdir: Path, train_size: int, test) -> dict:
+    """Train, score and tabulate one row; its status (sessions, score) lives in the run folder."""
+    workdir = Path(workdir)
+    status_path = workdir / "leaderboard_status.json"
+    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    if row["model"] not in zoo.available():
+        return dict(_published(row, config), label=row["label"], model=row["model"], estimator=estimator(row),
+                    note=f"not run: model {row['model']!r} is not registered yet")
+    status = train_row(row, config, workdir, status, train_size)
+    metrics = score_row(row, config, workdir, status, test)
+    if status:
+        workdir.mkdir(parents=True, exist_ok=True)
+        status_path.write_text(json.dumps(status, indent=2) + "\n")
+    return table_row(row, config, status, metrics, _steps_per_epoch(row, train_size), _checkpoint_step(workdir), test.dim)
+
+
+def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
+    """One row of the table from a recipe, its status and its test metrics."""
+    pyro.set_rng_seed(0)
+    model = zoo.create(row["model"], data_dim=data_dim, **row["options"])
+    out = dict(label=row["label"], model=row["model"], parameters=model.num_parameters(), **_published(row, config))
+    recipe_epochs = row["fit"].get("epochs")
+    epochs = step / per_epoch
+    partial = not status.get("finished")
+    sessions = status.get("sessions", [])
+    seconds = sum(s["seconds"] for s in sessions)
+    trained = sum(s["to_step"] - s["from_step"] for s in sessions) / per_epoch
+    out.update(
+        estimator=estimator(row), ours=metrics["nll"] if metrics else None, epochs_run=round(epochs, 2), recipe_epochs=recipe_epochs, partial=partial,
+        stopped_early=status.get("stopped_early", False), train_seconds=round(seconds, 1),
+        seconds_per_epoch=round(seconds / trained, 2) if trained > 0 else None,
+        score_seconds=metrics.get("seconds") if metrics else None,
+        device=", ".join(dict.fromkeys(s["device"] for s in sessions)) or None, note=row.get("note"),
+    )
+    if not sessions and not step:
+        out["note"] = "not run yet" + (f"; {out['note']}" if out["note"] else "")
+    if out["ours"] is not None and out["published"] is not None:
+        out["difference"] = out["ours"] - out["published"]
+    if partial and out["seconds_per_epoch"] and recipe_epochs:
+        out["budget_left_seconds"] = round(out["seconds_per_epoch"] * max(recipe_epochs - epochs, 0))
+    return out
+
+
+# ----- the table -------------------------------------------------------------------------
+def _published(row: dict, config: dict) -> dict:
+    """The binarization text and the published figure (value, citation) of the config's protocol."""
+    text, key = binarization(config)
+    published = row.get("published", {}).get(key) if key else None
+    return dict(binarization=text, published=published[0] if published else None,
+                citation=published[1] if published else None)
+
+
+def _cells(r: dict) -> dict:
+    fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+    epochs = f"{r['epochs_run']:g} / {r['recipe_epochs']}" if r.get("epochs_run") is not None else ""
+    if r.get("epochs_run") == 0:
+        epochs = f"not run / {r['recipe_epochs']}"
+    elif r.get("partial") and epochs:
+        epochs += " (partial)"
+    elif r.get("stopped_early"):
+        epochs += " (early stop)"
+    published = "" if r.get("published") is None else f"{r['published']:.2f} ({r['citation']})"
+    diff = "" if r.get("difference") is None else f"{r['difference']:+.2f}"
+    wall = "" if not r.get("train_seconds") else f"{r['train_seconds'] / 60:.1f} min"
+    if r.get("score_seconds"):
+        wall += f" + {r['score_seconds'] / 60:.1f} min scoring"
+    return dict(
+        label=r["label"], parameters=f"{r['parameters']:,}" if r.get("parameters") else "",
+        binarization=r.get("binarization", ""), estimator=r.get("estimator", ""), ours=fmt(r.get("ours")),
+        published=published, difference=diff, epochs=epochs, wall_time=wall, device=r.get("device") or "",
+    )
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """The Markdown table of the rows (``|`` in cells escaped)."""
+    lines = ["| " + " | ".join(t for _, t in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = _cells(r)
+        lines.append("| " + " | ".join(str(cells[k]).replace("|", "\\|") for k, _ in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def notes_markdown(rows: list[dict]) -> str:
+    """Per-row notes: why a row is missing or partial, and the budget it still needs."""
+    lines = []
+    for r in rows:
+        parts = [r["note"]] if r.get("note") else []
+        if r.get("budget_left_seconds") is not None:
+            parts.append(f"{r['seconds_per_epoch']:.1f} s/epoch measured here; the recipe needs "
+                         f"{r['budget_left_seconds'] / 3600:.1f} h more at that rate")
+        if r.get("difference") is not None:
+            parts.append("within 0.5 nat of the published figure" if r["difference"] <= 0.5
+                         else f"{r['difference']:.2f} nats above the published figure")
+        if parts:
+            lines.append(f"- **{r['label']}**: " + "; ".join(parts) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows: list[dict], path, title: str) -> Path:
+    """Left: ours (filled: finished, hollow: partial) and published (x) per model. Right: ours -
+    published, with the 0.5-nat band of the issue's goal shaded."""
+    scored = [r for r in rows if r.get("ours") is not None or r.get("published") is not None]
+    fig, (ax, dx) = plots.plt.subplots(1, 2, figsize=(11, 0.45 * len(scored) + 1.8), sharey=True,
+                                       gridspec_kw=dict(width_ratios=[3, 2]))
+    for i, r in enumerate(scored):
+        if r.get("published") is not None:
+            ax.scatter(r["published"], i, marker="x", color="black", s=50, zorder=3)
+        if r.get("ours") is not None:
+            ax.scatter(r["ours"], i, s=45, facecolors="white" if r.get("partial") else "tab:blue",
+                       edgecolors="tab:blue", zorder=3)
+            if r.get("published") is not None:
+                ax.plot([r["published"], r["ours"]], [i, i], color="tab:blue", alpha=0.4)
+        if r.get("difference") is not None:
+            dx.barh(i, r["difference"], color="tab:orange" if r["difference"] > 0.5 else "tab:green",
+                    alpha=0.5 if r.get("partial") else 0.9)
+            dx.annotate(f"{r['difference']:+.2f}", (r["difference"], i), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=8)
+    ax.scatter([], [], s=45, color="tab:blue", label="ours (finished)")
+    ax.scatter([], [], s=45, facecolors="white", edgecolors="tab:blue", label="ours (partial)")
+    ax.scatter([], [], marker="x", color="black", label="published")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0 + 0.4 / max(len(scored), 1)), ncol=3, fontsize=8, frameon=False)
+    ax.set_yticks(range(len(scored)), [r["label"] for r in scored])
+    ax.set_ylim(len(scored) - 0.5, -0.5)  # first row on top, half a row of margin
+    ax.set_xlabel("test NLL (nats per image, lower is better)")
+    ax.grid(alpha=0.3, axis="x")
+    dx.axvspan(-0.5, 0.5, color="tab:green", alpha=0.12, label="within 0.5 nat")
+    dx.axvline(0, color="black", lw=0.8)
+    dx.set_xlabel("ours - published (nats)")
+    dx.margins(x=0.2)
+    dx.grid(alpha=0.3, axis="x")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return plots._save(fig, path)
+
+
+def data_key(config: dict) -> str:
+    """The name of the table's files: ``binarized-mnist``, ``mnist-dynamic``, ``digits-threshold``, ..."""
+    if config["data"] == "binarized_mnist":
+        return "binarized-mnist"
+    return f"{config['data'].replace('_', '-')}-{config['binarize']}"
+
+
+def _write(rows: list[dict], config: dict, workdir: Path, seconds: float) -> str:
+    title = f"Leaderboard: {config['data']}" + (f" ({config['binarize']})" if config["data"] != "binarized_mnist" else "")
+    caps = ", ".join(f"{k}={config[k]}" for k in ("epochs", "budget_minutes") if config[k] is not None) or "none"
+    text = (
+        f"# {title}\n\n{table_markdown(rows)}\n"
+        "Lower is better. *partial*: trained fewer epochs than the recipe (the run folder resumes it). "
+        "Difference = ours - published. Wall time is the training time summed over sessions, plus the scoring; "
+        "seconds per epoch are as measured in those sessions (on a shared machine they can be several times "
+        "an idle core's).\n\n"
+        f"Caps of this session: {caps}; this invocation took {seconds / 60:.1f} min.\n\n{notes_markdown(rows)}"
+    )
+    stem = workdir / f"leaderboard-{data_key(config)}"
+    stem.with_suffix(".md").write_text(text)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    stem.with_suffix(".json").write_text(json.dumps(dict(config=config, rows=rows), indent=2, default=str) + "\n")
+    figure(rows, stem.with_suffix(".png"), title)
+    return text
+
+
+def run(config: dict, workdir) -> dict:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    started = time.perf_counter()
+    load = lambda split: zoo.load(config["data"], split, root=config["data_dir"], binarize=config["binarize"], seed=config["seed"])  # noqa: E731
+    train_size, test = len(load("train")), load("test")
+    rows = []
+    todo = resolve_rows(config)
+    for i, row in enumerate(todo):
+        print(f"[leaderboard {i + 1}/{len(todo)}] {row['label']}: train and score", flush=True)
+        rows.append(run_row(row, config, workdir / data_key(config) / row["label"], train_size, test))
+        _write(rows, config, workdir, time.perf_counter() - started)  # the table so far survives a kill
+    text = _write(rows, config, workdir, time.perf_counter() - started)
+    print(text)
+    return dict(rows=rows, table=str(workdir / f"leaderboard-{data_key(config)}.md"))
+
+

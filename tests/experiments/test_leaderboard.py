@@ -1,0 +1,123 @@
+"""The leaderboard on a tiny binarized-MNIST file written here: the table, the caps, resumption."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import inference
+from experiments import leaderboard as LB
+from experiments.cli import _flags
+
+
+def write_binarized_mnist(root, sizes=(("train", 60), ("valid", 20), ("test", 20)), seed=0):
+    """Tiny amat files of 784 random pixels (brighter in the middle, like digits)."""
+    rng = np.random.RandomState(seed)
+    probs = np.clip(np.exp(-((np.arange(784) % 28 - 13.5) ** 2 + (np.arange(784) // 28 - 13.5) ** 2) / 60), 0.02, 0.9)
+    folder = root / "binarized_mnist"
+    folder.mkdir(parents=True)
+    for split, n in sizes:
+        rows = (rng.rand(n, 784) < probs).astype(int)
+        (folder / f"binarized_mnist_{split}.amat").write_text("".join(" ".join(map(str, r)) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return write_binarized_mnist(tmp_path / "data")
+
+
+def config(data_dir, **overrides):
+    recipes = {
+        "fvsbn": dict(fit=dict(epochs=2, batch_size=20, lr=1e-2, early_stopping=None)),
+        "made-32-masks": dict(options=dict(hidden_sizes=[16], num_masks=3), fit=dict(epochs=2, batch_size=20, early_stopping=None)),
+        "vae": dict(options=dict(hidden=[16], latent_dim=2), fit=dict(epochs=2, batch_size=20), eval_options=dict(num_samples=16)),
+    }
+    return {**LB.CONFIG, "data_dir": str(data_dir), "models": list(recipes), "recipes": recipes, "progress": False, **overrides}
+
+
+def test_tiny_leaderboard_writes_the_table(data_dir, tmp_path):
+    out = tmp_path / "lb"
+    result = LB.run(config(data_dir), out)
+    rows = {r["label"]: r for r in result["rows"]}
+    assert list(rows) == ["fvsbn", "made-32-masks", "vae"]
+    for r in rows.values():
+        assert not r["partial"] and r["epochs_run"] == 2 and r["recipe_epochs"] == 2
+        assert 0 < r["ours"] < 784 * np.log(2) * 2 and r["device"].startswith("cpu")
+        assert r["binarization"].startswith("fixed")
+    assert rows["fvsbn"]["published"] == 97.45 and "Larochelle" in rows["fvsbn"]["citation"]
+    assert rows["fvsbn"]["difference"] == pytest.approx(rows["fvsbn"]["ours"] - 97.45)
+    assert rows["fvsbn"]["parameters"] == 784 * 785 // 2 + 784 or rows["fvsbn"]["parameters"] > 0
+    assert rows["vae"]["estimator"] == "IS, K=16"
+    assert rows["made-32-masks"]["estimator"] == "exact, 3-mask ensemble (log-mean-exp)"
+    # the scores are the run folders' checkpoints scored by the rows' estimators
+    model, _ = LB.load_run(out / "binarized-mnist" / "fvsbn")
+    test = LB.zoo.load("binarized_mnist", "test", root=data_dir)
+    assert rows["fvsbn"]["ours"] == pytest.approx(inference.evaluate(model, test, progress=False)["nll"], rel=1e-6)
+    md = (out / "leaderboard-binarized-mnist.md").read_text()
+    header = md.splitlines()[2]
+    for _, title in LB.COLUMNS:
+        assert title in header
+    assert "97.45 (Larochelle & Murray 2011, Table 2)" in md
+    with open(out / "leaderboard-binarized-mnist.csv") as f:
+        assert [r["label"] for r in csv.DictReader(f)] == list(rows)
+    assert json.loads((out / "leaderboard-binarized-mnist.json").read_text())["rows"][0]["label"] == "fvsbn"
+    assert (out / "leaderboard-binarized-mnist.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_epoch_cap_leaves_a_partial_row_that_resumes_to_the_uninterrupted_run(data_dir, tmp_path):
+    recipes = {"fvsbn": dict(fit=dict(epochs=4, batch_size=20, lr=1e-2, early_stopping=None))}
+    capped = config(data_dir, models=["fvsbn"], recipes=recipes, epochs=2)
+    (row,) = LB.run(capped, tmp_path / "a")["rows"]
+    assert row["partial"] and row["epochs_run"] == 2 and row["recipe_epochs"] == 4
+    assert "(partial)" in (tmp_path / "a" / "leaderboard-binarized-mnist.md").read_text()
+    assert row["budget_left_seconds"] is not None
+    (row,) = LB.run({**capped, "epochs": None}, tmp_path / "a")["rows"]
+    assert not row["partial"] and row["epochs_run"] == 4
+    (whole,) = LB.run({**capped, "epochs": None}, tmp_path / "b")["rows"]
+    resumed = inference.load_checkpoint(tmp_path / "a" / "binarized-mnist" / "fvsbn" / "checkpoint.pt")["modules"]["model"]
+    straight = inference.load_checkpoint(tmp_path / "b" / "binarized-mnist" / "fvsbn" / "checkpoint.pt")["modules"]["model"]
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
+    assert row["ours"] == pytest.approx(whole["ours"], rel=1e-9)
+
+
+def test_a_spent_time_budget_stops_after_one_step_and_the_score_is_cached(data_dir, tmp_path):
+    cfg = config(data_dir, models=["fvsbn"], budget_minutes=0)
+    (row,) = LB.run(cfg, tmp_path)["rows"]
+    per_epoch = 60 // 20
+    assert row["partial"] and row["epochs_run"] == pytest.approx(1 / per_epoch, abs=0.01)
+    status = json.loads((tmp_path / "binarized-mnist" / "fvsbn" / "leaderboard_status.json").read_text())
+    assert status["score"]["key"]["step"] == 1 and len(status["sessions"]) == 1
+    (again,) = LB.run({**cfg, "train": False}, tmp_path)["rows"]
+    assert again["ours"] == row["ours"] and again["epochs_run"] == row["epochs_run"]
+
+
+def test_rows_come_from_the_recipes_and_a_class_paper(monkeypatch):
+    rows = {r["label"]: r for r in LB.resolve_rows(LB.CONFIG)}
+    assert rows["made-2-layers-32-masks"]["options"]["hidden_sizes"] == [500, 500]
+    assert rows["vae"]["eval_options"] == {"num_samples": 5000} and LB.estimator(rows["vae"]) == "IS, K=5000"
+    assert LB.estimator(rows["fvsbn"]) == "exact"
+    assert LB.estimator(rows["made-2-layers-32-masks"]) == "exact, 32-mask ensemble (log-mean-exp)"
+    paper = dict(recipe=dict(epochs=7, lr=0.5), options=dict(hidden_size=3), published=dict(fixed=80.0), citation="Someone 2030")
+    monkeypatch.setattr(LB.zoo.get("nade"), "paper", paper, raising=False)
+    rows = {r["label"]: r for r in LB.resolve_rows(LB.CONFIG)}
+    assert rows["nade"]["fit"] == dict(epochs=7, lr=0.5) and rows["nade"]["options"] == dict(hidden_size=3)
+    assert rows["nade"]["published"] == {"fixed": (80.0, "Someone 2030")}
+
+
+def test_experiment_flags_become_config_entries():
+    assert _flags(["--data", "mnist", "--binarize=dynamic", "--budget-minutes", "5", "--epochs", "3"]) == dict(
+        data="mnist", binarize="dynamic", budget_minutes=5, epochs=3)
+    with pytest.raises(ValueError, match="needs a value"):
+        _flags(["--epochs"])
+
+
+def test_a_row_whose_model_is_not_registered_keeps_its_published_figure(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(LB.RECIPES, "future-model", dict(model="no_such_model", published=dict(fixed=(80.5, "Someone 2030"))))
+    (row,) = LB.run(config(data_dir, models=["future-model"]), tmp_path)["rows"]
+    assert row["published"] == 80.5 and row.get("ours") is None
+    assert "not registered" in row["note"]
+    md = (tmp_path / "leaderboard-binarized-mnist.md").read_text()
+    assert "80.50 (Someone 2030)" in md and "not registered" in md
