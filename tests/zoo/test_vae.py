@@ -92,7 +92,9 @@ def test_importance_sampled_log_prob_matches_integration(trained):
     estimate = trained.log_prob(x, num_samples=10_000)
     assert estimate.shape == (2**D,)
     error = (estimate - exact).abs()
-    assert error.mean().item() < 0.005 and error.max().item() < 0.03  # typical error ~0.003
+    # typical error ~0.003, but it scatters with the training path (worst mean 0.0048 over 72
+    # seeds, heavy-tailed weights): bounds with a margin every correct estimator keeps
+    assert error.mean().item() < 0.01 and error.max().item() < 0.05
 
 
 def test_chunked_estimate_matches_integration(trained):
@@ -105,17 +107,24 @@ def test_chunked_estimate_matches_integration(trained):
         estimate = trained.log_prob(x, num_samples=3000)
     finally:
         del trained.max_rows  # back to the class attribute
-    assert (estimate - exact).abs().max().item() < 0.02
+    # the estimate's own standard error (delta method on independent weights): a fixed 0.02 was
+    # ~3 sigma of one state's estimate, and 18% of seeds broke it somewhere among 8 states
+    pyro.set_rng_seed(30)
+    with torch.no_grad():
+        lw = trained.log_weights(x, 3000).double()
+    w = (lw - lw.max(0).values).exp()
+    se = (w.std(0) / w.mean(0) / 3000**0.5).float()
+    assert ((estimate - exact).abs() < 6 * se + 2e-3).all(), ((estimate - exact).abs(), se)
 
 
 def test_expectation_increases_with_K(trained):
     """E[log (1/K) sum_k w_k] rises with K towards log p(x) (the IWAE bound is monotone)."""
-    x = all_states().repeat(100, 1)  # 100 independent estimates per state, in one batch
+    x = all_states().repeat(400, 1)  # 400 independent estimates per state, in one batch
     exact = grid_log_prob(trained, all_states()).mean().item()
     pyro.set_rng_seed(4)
     means = [trained.log_prob(x, num_samples=k).mean().item() for k in (1, 4, 16, 64)]
-    assert means == sorted(means) and len(set(means)) == 4, means
-    assert means[-1] <= exact + 1e-3
+    assert means == sorted(means) and len(set(means)) == 4, means  # gaps ~7 standard errors
+    assert means[-1] <= exact + 3e-3
     assert exact - means[-1] < exact - means[0]
 
 
