@@ -554,9 +554,9 @@ def _flags(items) -> dict:
 
 
 def _compare(args):
-    import inference
+    from experiments.compare import compare_runs
 
-    result = inference.compare_runs(args.run_dirs, Path(args.out or "runs/compare"), names=args.names)
+    result = compare_runs(args.run_dirs, Path(args.out or "runs/compare"), names=args.names)
     print(result["table"].read_text(), end="")
     print(f"report: {result['report_html']} (and {result['report_md'].name}); figures: "
           + ", ".join(p.name for p in result["figures"].values()))

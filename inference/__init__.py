@@ -13,7 +13,7 @@ Importing it changes no global state (Pyro settings, random states, plotting bac
 from inference.adversarial import Adversarial, AdversarialStep, fit_adversarial, fit_discriminator
 from inference.callbacks import Callback
 from inference.checkpoint import Checkpointer, CheckpointError, MetricLog, load_checkpoint, save_checkpoint
-from inference.compare import compare_models, compare_runs
+from inference.compare import RunRecord, compare_models, compare_runs
 from inference.diagnostics import diagnose, posterior_distances, psis_khat, to_inference_data
 from inference.evaluation import evaluate, exact_posterior, posterior
 from inference.loop import DivergenceError, FitResult, Interrupted, Trainer
@@ -42,6 +42,7 @@ __all__ = [
     "OBJECTIVES",
     "SBCResult",
     "compare_models",
+    "RunRecord",
     "compare_runs",
     "convergence",
     "diagnose",

@@ -8,7 +8,8 @@
   its component summed out, the neural models) have one "draw", over which LOO degenerates to
   the in-sample fit; they are scored instead by the log-likelihood of held-out data, and the
   table says so. Every model gets that held-out log score.
-* :func:`compare_runs`: run folders of ``zoo train`` side by side, whatever the model family:
+* :func:`compare_runs`: training runs (records of ``zoo train``'s run folders, read by
+  :mod:`experiments.compare`) side by side, whatever the model family:
   one table of their metrics (``metrics.json``: NLL, the VAE's ELBO, the sample-quality
   metrics every run has, a GAN's included) and diagnostics (PSIS k-hat of the guide, LOO);
   a metric that does not apply to a run is a dash with a footnote saying why. Figures: ArviZ
@@ -23,7 +24,9 @@ import html
 import json
 import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +34,7 @@ import torch
 from inference.diagnostics import az, diagnose, pointwise_log_likelihoods, to_inference_data
 from inference.traces import Program, data_tensor, structure
 
-__all__ = ["compare_models", "compare_runs", "held_out_log_score", "markdown_table"]
+__all__ = ["RunRecord", "compare_models", "compare_runs", "held_out_log_score", "markdown_table"]
 
 KHAT_NOTE = ("k-hat: PSIS diagnostic of the guide as an importance proposal for the posterior (Yao et al. 2018): "
              "< 0.5 good, 0.5-0.7 ok, > 0.7 unreliable, inf for a point estimate (no spread); for per-data-point "
@@ -176,41 +179,29 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 # ----------------------------------------------------------------------------------------
 # run folders
 # ----------------------------------------------------------------------------------------
-def _read_run(run_dir: Path) -> dict:
-    """config, metrics, metric history and the model (with its checkpoint) of a run folder."""
-    import zoo
-    from inference.checkpoint import load_checkpoint
-    from inference.loop import CHECKPOINT, METRICS
+@dataclass
+class RunRecord:
+    """One training run, as :func:`compare_runs` needs it (``experiments.compare.read_run`` reads
+    one from a run folder: the engine itself reads no run folders).
 
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
-    try:
-        config = json.loads(config_path.read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-        history = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()] \
-            if (run_dir / METRICS).is_file() else []
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{run_dir}: corrupt JSON ({e})") from None
-    model, why = None, None
-    if (run_dir / CHECKPOINT).is_file():
-        try:
-            model = zoo.create(config["model"], **config.get("options", {}))
-            state = load_checkpoint(run_dir / CHECKPOINT)
-            model.load_state_dict(state["modules"]["model"])
-            model.eval()
-        except Exception as e:  # noqa: BLE001 - the report still renders, the row says why
-            model, why = None, f"model not loaded ({type(e).__name__}: {e})"
-    else:
-        why = "no checkpoint"
-    return dict(dir=run_dir, config=config, metrics=metrics, history=history, model=model, why=why)
+    :ivar dir: where the run's files are (its ``samples.png`` is shown in the report).
+    :ivar config: the run's configuration (model, options, data, binarize, ...).
+    :ivar metrics: its final metrics (``metrics.json``), or ``{}``.
+    :ivar history: its metric log (``metrics.jsonl`` records).
+    :ivar model: the trained model, or None (then ``why`` says why).
+    :ivar train: a callable returning the training data (for k-hat and LOO), or None.
+    """
 
+    dir: Path
+    config: dict
+    metrics: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    model: object = None
+    why: str | None = None
+    train: Callable | None = None
 
-def _train_data(config: dict):
-    import zoo
-
-    return zoo.load(config["data"], "train", root=config.get("data_dir"), binarize=config.get("binarize", "threshold"),
-                    seed=config.get("seed", 0))
+    def __getitem__(self, key):
+        return getattr(self, key)
 
 
 #: columns of the run table, in order (those no run has are dropped)
@@ -262,7 +253,9 @@ def _diagnostics_into(row: dict, run: dict, num_draws, num_chains, max_loo_point
     x = None
     if run["model"] is not None:
         try:
-            x = data_tensor(_train_data(run["config"]))[:max_loo_points]
+            if run["train"] is None:
+                raise ValueError("no training data given")
+            x = data_tensor(run["train"]())[:max_loo_points]
         except (FileNotFoundError, ValueError) as e:
             reason = f"data unavailable ({e})"
     if x is None:
@@ -318,9 +311,12 @@ def _data_warning(runs, labels) -> str | None:
             "between runs on the same data set.")
 
 
-def compare_runs(run_dirs, out_dir, *, names=None, num_draws: int = 200, num_chains: int = 2,
+def compare_runs(runs, out_dir, *, names=None, num_draws: int = 200, num_chains: int = 2,
                  max_coords: int = 8, max_loo_points: int = 2000, seed: int = 0) -> dict:
-    """Write the comparison of ``run_dirs`` (any model families) into ``out_dir``.
+    """Write the comparison of ``runs`` (:class:`RunRecord`, any model families) into ``out_dir``.
+
+    ``zoo compare RUN_DIR...`` is ``experiments.compare.compare_runs``: it reads the run folders
+    into records and calls this.
 
     :param names: labels of the runs (default: the folder names, made unique).
     :param max_coords: how many components of a shared parameter the forest and density
@@ -332,14 +328,13 @@ def compare_runs(run_dirs, out_dir, *, names=None, num_draws: int = 200, num_cha
         etc. when there are several), ``report.md`` and the self-contained ``report.html`` (which
         also shows each run's ``samples.png``). Runs on different data sets get a warning (also
         at the top of the report).
-    :raises FileNotFoundError: a folder is not a run folder.
     """
     import matplotlib.pyplot as plt  # (headless, matplotlib falls back to Agg by itself)
 
-    run_dirs = [Path(d) for d in run_dirs]
-    if not run_dirs:
-        raise ValueError("give at least one run folder")
-    runs = [_read_run(d) for d in run_dirs]
+    runs = list(runs)
+    if not runs:
+        raise ValueError("give at least one run")
+    run_dirs = [Path(run["dir"]) for run in runs]
     labels = list(names) if names else _unique([d.name or str(d) for d in run_dirs])
     if len(labels) != len(runs):
         raise ValueError("one name per run folder")
@@ -373,7 +368,7 @@ def compare_runs(run_dirs, out_dir, *, names=None, num_draws: int = 200, num_cha
                                                      colors=[colors[k] for k in group],
                                                      title=f"{site}: marginal posterior densities by run")
     figures = {k: v for k, v in figures.items() if v is not None}
-    samples = {label: run["dir"] / "samples.png" for label, run in zip(labels, runs) if (run["dir"] / "samples.png").is_file()}
+    samples = {label: d / "samples.png" for label, d in zip(labels, run_dirs) if (d / "samples.png").is_file()}
     note = (
         "Posterior parameters in the forest and density plots (the runs that have each): "
         + "; ".join(f"{site} ({', '.join(m)})" for site, m in shared.items())

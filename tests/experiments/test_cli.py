@@ -402,6 +402,15 @@ def test_user_model_file_and_data_end_to_end(user_files, monkeypatch, tmp_path_f
     assert main(["evaluate", str(user_files / "run"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["nll"] > 0
     assert main(["sample", str(user_files / "run"), "-n", "4"]) == 0
+    # zoo compare reads the user's model and data back through the run folder, from anywhere
+    assert main(["train", "independent", "--data", str(user_files / "my.npz"), "--steps", "20", "--no-progress",
+                 "--out", "builtin"]) == 0
+    assert main(["compare", str(user_files / "run"), "builtin", "--out", "cmp"]) == 0
+    rows = json.loads((elsewhere / "cmp" / "comparison.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == [config["model"], "independent"]
+    assert all(isinstance(r.get("test_nll"), float) and not str(r.get("inference", "")).startswith("model not loaded")
+               for r in rows), rows
+    assert (elsewhere / "cmp" / "report.html").is_file()
 
 
 def test_user_module_and_constructor_without_data_dim(user_files, monkeypatch, tmp_path_factory, capsys):

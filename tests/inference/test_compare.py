@@ -11,7 +11,8 @@ import torch
 import inference
 import zoo
 from experiments.cli import main
-from inference.compare import compare_models, compare_runs, held_out_log_score
+from experiments.compare import compare_runs
+from inference.compare import compare_models, held_out_log_score
 
 
 @pytest.fixture(autouse=True, scope="module")
