@@ -150,7 +150,7 @@ def train_and_score(entry: dict, train, test, config: dict, workdir: Path) -> di
     except ValueError as e:  # e.g. the full joint over 64 pixels
         return {**row, "note": f"not run: {e}"}
     row["num_parameters"] = model.num_parameters()
-    fit = inference.fit_adversarial if getattr(cls, "trainer", "svi") == "adversarial" else inference.fit
+    fit = inference.fit_adversarial if issubclass(cls, inference.Adversarial) else inference.fit
     result = fit(model, train, seed=config["seed"], device=config["device"], progress=config["progress"], **entry["fit"])
     row.update(train_seconds=round(result.seconds, 2), steps=result.steps, final_loss=result.losses[-1])
     pyro.set_rng_seed(config["seed"] + 1)

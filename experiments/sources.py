@@ -175,8 +175,10 @@ def describe_model(spec: str) -> str:
     lines.append(f"support: {getattr(cls, 'support', 'not declared')}")
     if getattr(cls, "fit_defaults", None):
         lines.append(f"training defaults: {cls.fit_defaults}")
-    trainer = getattr(cls, "trainer", "svi")
-    lines.append(f"trainer: {'inference.fit (SVI)' if trainer == 'svi' else f'inference.fit_{trainer}'}")
+    from inference.adversarial import Adversarial  # the protocol the adversarial trainer needs
+
+    adversarial = isinstance(cls, type) and issubclass(cls, Adversarial)
+    lines.append(f"trainer: {'inference.fit_adversarial (the adversarial game)' if adversarial else 'inference.fit (SVI)'}")
     formula = parameter_formula(cls)
     lines.append(f"parameter count: {formula or 'see num_parameters()'}")
     try:

@@ -15,8 +15,8 @@ Parzen window, mode coverage) like every other model of the zoo.
 ``model(x)`` is the generative story above as a valid Pyro program: z from the prior and
 x observed under ``Delta(G(z))``. Its log-density is 0 where x = G(z) and -inf elsewhere,
 which is exactly why the GAN cannot be trained by a likelihood or an ELBO: it is trained
-by the adversarial game of :func:`inference.fit_adversarial` instead (``trainer =
-"adversarial"``), with a discriminator D(x) = sigmoid(d(x)), an MLP ``D -> hidden -> 1``:
+by the adversarial game of :func:`inference.fit_adversarial` instead (it has the
+``generate``/``discriminate`` methods of the :class:`inference.Adversarial` protocol), with a discriminator D(x) = sigmoid(d(x)), an MLP ``D -> hidden -> 1``:
 
     min_G max_D  V(D, G) = E_{x ~ p_data}[log D(x)] + E_{z ~ N(0, I)}[log(1 - D(G(z)))].
 
@@ -108,7 +108,6 @@ class GAN(ZooModel):
     """
 
     support = "binary"
-    trainer = "adversarial"
     # digits (1197 x 64), measured over seeds 0-2 (FD in the classifier's features, see
     # inference.metrics): the discriminator learns 4x faster than the generator (two
     # time-scale rule, Heusel et al. 2017) and has dropout 0.3 (Goodfellow et al. 2014);

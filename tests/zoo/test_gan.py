@@ -22,7 +22,8 @@ def one_thread():
 
 
 def test_registered_with_sizes_for_the_data():
-    assert zoo.get("gan") is GAN and GAN.trainer == "adversarial"
+    assert zoo.get("gan") is GAN and issubclass(GAN, inference.Adversarial)
+    assert not issubclass(zoo.get("vae"), inference.Adversarial)  # dispatch by protocol, not by name
     assert default_sizes(64) == (16, (128, 128))
     assert default_sizes(784) == (64, (512, 512))
     model = zoo.create("gan", data_dim=4)
