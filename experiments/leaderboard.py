@@ -388,8 +388,10 @@ def notes_markdown(rows: list[dict]) -> str:
             parts.append(f"{r['seconds_per_epoch']:.1f} s/epoch measured here; the recipe needs "
                          f"{r['budget_left_seconds'] / 3600:.1f} h more at that rate")
         if r.get("difference") is not None:
-            parts.append("within 0.5 nat of the published figure" if r["difference"] <= 0.5
-                         else f"{r['difference']:.2f} nats above the published figure")
+            d = r["difference"]
+            parts.append(f"{-d:.2f} nats below (better than) the published figure" if d < -0.5
+                         else "within 0.5 nat of the published figure" if d <= 0.5
+                         else f"{d:.2f} nats above the published figure")
         if parts:
             lines.append(f"- **{r['label']}**: " + "; ".join(parts) + ".")
     return "\n".join(lines) + "\n"

@@ -106,7 +106,8 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
     config = resolve(config)
     with RunFolder(workdir, resume=resume) as folder:
         if resume and folder.has_checkpoint() and (folder.path / "config.json").exists():
-            previous = folder.read_config()
+            # keys added to CONFIG since that run was written take their defaults
+            previous = {**CONFIG, **folder.read_config()}
             if _comparable(previous) != _comparable(config):
                 raise ValueError(
                     f"{folder.path} holds a run with another configuration; choose another --out, "
