@@ -28,3 +28,16 @@ def test_eval_level_is_checked_and_resumes_with_another(tmp_path, capsys):
 
 def test_the_default_scores_everything():
     assert CONFIG["eval"] == "all"
+
+
+def test_a_run_written_before_a_config_key_existed_resumes(tmp_path):
+    """A key added to CONFIG later (here: logger, guide) takes its default when an older run
+    folder's config.json lacks it: same run, resumed, not refused as another configuration."""
+    settings = dict(model="fvsbn", steps=4, progress=False, eval="none")
+    train_and_evaluate(settings, tmp_path)
+    path = tmp_path / "config.json"
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("logger", "guide")}
+    path.write_text(json.dumps(old))
+    assert train_and_evaluate({**settings, "steps": 4}, tmp_path)["steps"] == 4  # resumed, nothing new to do
+    with pytest.raises(ValueError, match="another configuration"):
+        train_and_evaluate({**settings, "model": "fvsbn", "lr": 0.5}, tmp_path)
