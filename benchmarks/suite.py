@@ -191,12 +191,15 @@ def hand_loss_fn(name: str, model, num_data: int):
         return vae
     if name == "bernoulli":  # Beta-Bernoulli: K reparameterised draws of p from the Beta guide
         K = resolve_settings(model)["num_particles"]
+        Beta = torch.distributions.Beta
 
         def bernoulli(batch):
-            q = torch.distributions.Beta(model.alpha, model.beta)
+            q = Beta(model.alpha, model.beta, validate_args=False)
             p = q.rsample((K,))  # (K, n), as Pyro's vectorised particles draw them
-            prior = torch.distributions.Beta(model.prior_a, model.prior_b)
-            log_lik = torch.distributions.Bernoulli(probs=p.unsqueeze(-2)).log_prob(batch).sum((-1, -2))
+            prior = Beta(model.prior_a, model.prior_b, validate_args=False)
+            logits = torch.distributions.utils.probs_to_logits(p, is_binary=True).unsqueeze(-2)
+            log_lik = -F.binary_cross_entropy_with_logits(logits.expand(-1, *batch.shape), batch.expand(K, -1, -1),
+                                                          reduction="none").sum((-1, -2))
             elbo = (num_data / batch.shape[0]) * log_lik + prior.log_prob(p).sum(-1) - q.log_prob(p).sum(-1)
             return -elbo.mean()
 
@@ -214,12 +217,10 @@ def hand_loss_fn(name: str, model, num_data: int):
     if name == "independent":
         return lambda batch: (num_data / batch.shape[0]) * F.binary_cross_entropy_with_logits(
             model.logits.expand_as(batch), batch, reduction="sum")
-    if name == "mixture":
+    if name == "mixture":  # z summed out: log p(x) = logsumexp_k log pi_k + x . theta_k - sum_i softplus(theta_ki)
         def mixture(batch):
-            log_lik = -F.binary_cross_entropy_with_logits(
-                model.component_logits.expand(batch.shape[0], -1, -1),
-                batch.unsqueeze(-2).expand(-1, model.num_components, -1), reduction="none").sum(-1)
-            log_joint = model.mixing_logits.log_softmax(-1) + log_lik
+            theta = model.component_logits
+            log_joint = model.mixing_logits.log_softmax(-1) + batch @ theta.t() - F.softplus(theta).sum(-1)
             return -(num_data / batch.shape[0]) * log_joint.logsumexp(-1).sum()
 
         return mixture

@@ -85,8 +85,8 @@ PUBLISHED = {
         "mixture": ("137.64 (MoB, 500 comp.; Larochelle & Murray 2011)",),
         "fvsbn": ("97.45 (Larochelle & Murray 2011)",),
         "nade": ("88.86 (H=500; Larochelle & Murray 2011)",),
-        "made": ("88.40 (1 layer of 500, 1 mask; Germain et al. 2015)",),
-        "made-8-orderings": ("86.64 (1 layer, 32 masks; Germain et al. 2015)",),
+        "made": ("88.40 (1 hidden layer, 1 mask; Germain et al. 2015, Table 6)",),
+        "made-8-orderings": ("88.04 (1 hidden layer, 32 masks; Germain et al. 2015, Table 6)",),
     },
     "dynamic": {  # pytorch-generative README, dynamically binarized MNIST
         "fvsbn": ("96.58 (pytorch-generative)",),

@@ -133,6 +133,35 @@ def simplify_graph(graph) -> None:
     # (no common-subexpression elimination: merging two equal computations changes the
     # order in which their gradients are summed, so the gradients would differ in the last bit)
     torch._C._jit_pass_dce(graph)
+    _negate_after_sum(graph)  # after the dead code is gone: it needs a negation's only use
+
+
+def _negate_after_sum(graph) -> None:
+    """``sum(-v, ...)`` -> ``-sum(v, ...)`` where the negation feeds only that sum.
+
+    A log-density ``-bce(logits, x)`` summed over its event is the common case: the
+    negation then runs on the summed (batch,) tensor instead of the (batch, n) one, in the
+    forward and the backward pass. Negation commutes with rounding, so the values and the
+    gradients are the same bit for bit.
+    """
+    for node in list(graph.nodes()):
+        if node.kind() != "aten::sum":
+            continue
+        source = next(node.inputs())
+        neg = source.node()
+        if neg.kind() != "aten::neg" or len(source.uses()) != 1:
+            continue
+        (v,) = list(neg.inputs())
+        moved = graph.create("aten::sum", [v, *list(node.inputs())[1:]], 1)
+        moved.insertBefore(node)
+        out = node.output()
+        moved.output().setType(out.type())
+        negated = graph.create("aten::neg", [moved.output()], 1)
+        negated.insertAfter(moved)
+        negated.output().setType(out.type())
+        out.replaceAllUsesWith(negated.output())
+        node.destroy()
+        neg.destroy()
 
 
 def _identity(fn):

@@ -20,6 +20,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroParam
+from torch.distributions.utils import probs_to_logits
 from torch.distributions import constraints
 
 from zoo.base import ZooModel, data_plate
@@ -58,8 +59,12 @@ class BetaBernoulli(ZooModel):
     def model(self, x=None, num_data=None):
         """x: (batch, n) float 0/1, or None to simulate ``num_data`` rows."""
         p = pyro.sample("p", dist.Beta(self.prior_a, self.prior_b).to_event(1))
+        # Bernoulli(p) by its logits, taken here once per draw of p: the plate expands the
+        # distribution to every row, and Bernoulli(probs=p) would take the logits of the
+        # expanded (rows, n) probabilities, once per row
+        logits = probs_to_logits(p, is_binary=True)
         with data_plate(x, num_data):
-            return pyro.sample("x", dist.Bernoulli(p).to_event(1), obs=x)
+            return pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
 
     @property
     def alpha(self):
