@@ -16,6 +16,7 @@ import zoo
 from experiments import plots, sources
 from experiments.run_folder import RunFolder
 from inference.checkpoint import METRICS
+from inference.svi import _make_guide
 
 __all__ = ["CONFIG", "TensorBoardLogger", "evaluate_run", "load_run", "load_split", "sample_figure", "train_and_evaluate"]
 
@@ -117,10 +118,21 @@ def train_and_evaluate(config: dict, workdir, *, resume: bool = True) -> dict:
         return _train_into(config, folder)
 
 
+def make_guide(config: dict, model):
+    """The run's guide when it is not the model's own (``config["guide"]``, an AutoGuide's
+    name from :data:`inference.svi.GUIDES`), else None."""
+    if config.get("guide") is None or isinstance(model, inference.Adversarial):
+        return None
+    return _make_guide(config["guide"], model.model)
+
+
 def _train_into(config: dict, folder: RunFolder) -> dict:
     model = build_model(config)
     train, valid, test = (_load(config, s) for s in ("train", "valid", "test"))
     fit_kwargs = {k: config[k] for k in FIT_KEYS if config[k] is not None}
+    guide = make_guide(config, model)  # trained in place by fit, then evaluated with the model
+    if guide is not None:
+        fit_kwargs["guide"] = guide
     # a model of the adversarial protocol (the GAN) is trained by the adversarial game
     adversarial = isinstance(model, inference.Adversarial)
     logger = TensorBoardLogger(folder.path) if config["logger"] == "tensorboard" and folder.writer else None
@@ -147,14 +159,14 @@ def _train_into(config: dict, folder: RunFolder) -> dict:
         "steps": result.steps,
         "train_seconds": round(result.train_seconds, 3),  # summed over the run's parts
         "stopped_early": result.stopped_early,
-        **post_training_metrics(model, config, valid, test),
+        **post_training_metrics(model, config, valid, test, guide=guide),
     }
     folder.write_metrics(metrics)
     plots.loss_curve(
         result.history, folder.path / "loss.png", val_losses=result.val_losses,
         title=f"{config['model']} on {config['data']}", **_loss_labels(model, len(train), len(valid), metrics),
     )
-    samples = sample_figure(model, config, folder.path / "samples.png", test=test)
+    samples = sample_figure(model, config, folder.path / "samples.png", test=test, guide=guide)
     if logger is not None:
         logger.final(metrics, samples)
     return metrics
@@ -182,30 +194,44 @@ def _loss_labels(model, num_train: int, num_valid: int, metrics: dict) -> dict:
     return out
 
 
-def _sample_quality(model, config: dict, progress: bool = True) -> dict:
+def guide_samples(model, guide, n: int, example: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``n`` samples of a zoo model at the median of the AutoGuide it was fitted with (the
+    model's own ``sample`` uses its own guide's point estimate)."""
+    if type(model).sample is not zoo.ZooModel.sample or not hasattr(guide, "median"):
+        raise zoo.NoDensityError(f"{type(model).__name__} draws its samples by its own guide only")
+    with torch.no_grad(), torch.random.fork_rng():
+        point = guide.median(example, num_data=len(example))
+        pyro.set_rng_seed(seed)
+        return model.sample(n, point=point)
+
+
+def _sample_quality(model, config: dict, progress: bool = True, guide=None, split: str = "test") -> dict:
     if sources.is_data_file(config["data"]):
         return {"sample_note": "sample-quality metrics need a built-in image data set (they use its labelled classifier)"}
+    source = model
+    if guide is not None:  # the samples at the guide's median, drawn here
+        try:
+            source = guide_samples(model, guide, 10_000, load_split(config, split).x[:2], seed=config.get("seed", 0))
+        except zoo.NoDensityError as e:
+            return {"sample_note": f"{e} (this run's guide is {config['guide']!r})"}
     return inference.sample_quality(
-        model, config["data"], root=config["data_dir"], binarize=config["binarize"], seed=config["seed"],
-        progress=progress,
+        source, config["data"], root=config.get("data_dir"), binarize=config.get("binarize", "threshold"),
+        seed=config.get("seed", 0), split=split, progress=progress,
     )
 
 
 def evaluate_run(workdir, split: str = "test") -> dict:
-    """The metrics of a run folder's model on ``split`` (``zoo evaluate``)."""
+    """The metrics of a run folder's model on ``split`` (``zoo evaluate``), under the run's
+    guide when it was trained with another than the model's own."""
     model, config = load_run(workdir)
     data = load_split(config, split)
-    metrics = inference.evaluate(model, data)
-    metrics["sample_quality"] = (
-        _sample_quality(model, config) if split == "test" else
-        inference.sample_quality(model, config["data"], root=config.get("data_dir"), binarize=config.get("binarize", "threshold"),
-                                 seed=config.get("seed", 0), split=split)
-        if not sources.is_data_file(config["data"]) else {}
-    )
+    guide = load_guide(workdir, model, config, data.x[:2])
+    metrics = inference.evaluate(model, data, guide=guide)
+    metrics["sample_quality"] = _sample_quality(model, config, guide=guide, split=split)
     return metrics
 
 
-def post_training_metrics(model, config: dict, valid, test) -> dict:
+def post_training_metrics(model, config: dict, valid, test, guide=None) -> dict:
     """The post-training metrics at the config's ``eval`` level: ``valid``/``test``
     (:func:`inference.evaluate`, bounded memory, a bar each) and ``sample_quality`` (FD, MMD,
     Parzen window and mode coverage of samples vs the test split; only with "all")."""
@@ -213,13 +239,15 @@ def post_training_metrics(model, config: dict, valid, test) -> dict:
     if level == "none":
         return {"eval": "none"}
     options = dict(config.get("eval_options") or {})
+    if guide is not None:
+        options["guide"] = guide
     out = {
         "eval": level,
         "valid": inference.evaluate(model, valid, progress=progress, desc="evaluate valid", **options) if len(valid) else None,
         "test": inference.evaluate(model, test, progress=progress, desc="evaluate test", **options),
     }
     if level == "all":
-        out["sample_quality"] = _sample_quality(model, config, progress=progress)
+        out["sample_quality"] = _sample_quality(model, config, progress=progress, guide=guide)
     return out
 
 
@@ -239,6 +267,25 @@ def load_run(workdir):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise inference.CheckpointError(f"{folder.path} holds parameters of another model: {first}") from None
     return model, config
+
+
+def load_guide(workdir, model, config: dict, example: torch.Tensor):
+    """The run's AutoGuide with its checkpointed parameters, or None for a run with the
+    model's own guide. ``example``: a few rows to set the guide up with (its parameters
+    are created on a first call, then loaded)."""
+    guide = make_guide(config, model)
+    if guide is None:
+        return None
+    state = RunFolder(workdir).load_state()
+    with torch.no_grad(), torch.random.fork_rng(), pyro.poutine.block():
+        guide(example, num_data=len(example))
+    try:
+        guide.load_state_dict(state["modules"]["guide"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise inference.CheckpointError(
+            f"{Path(workdir)} holds no parameters of its guide {config['guide']!r}: {first}") from None
+    return guide
 
 
 class TensorBoardLogger:
@@ -308,11 +355,18 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def sample_figure(model, config: dict, path, *, n: int = 64, test=None, seed: int = 0):
-    """Save ``n`` samples as an image grid (image data) or as frequencies (categorical)."""
+def sample_figure(model, config: dict, path, *, n: int = 64, test=None, seed: int = 0, guide=None):
+    """Save ``n`` samples as an image grid (image data) or as frequencies (categorical);
+    with ``guide`` (the run's, not the model's own), samples at its median."""
     pyro.set_rng_seed(seed)
+    n = n if model.support != "categorical" else 10_000
     try:
-        samples = model.sample(n if model.support != "categorical" else 10_000)
+        if guide is not None:
+            if test is None:
+                return None
+            samples = guide_samples(model, guide, n, test.x[:2], seed=seed)
+        else:
+            samples = model.sample(n)
     except zoo.NoDensityError:
         return None
     samples = samples.cpu()

@@ -165,13 +165,16 @@ class ZooModel(PyroModule):
         return sum(site["fn"].log_prob(site["value"]) for site in sites.values())
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, n: int, point: dict | None = None) -> torch.Tensor:
         """``n`` draws from the model at :meth:`point_estimate`, by running it forward.
 
         The draws are the values of the model's observed site (the one site that is
         observed when the model is given data); a model with several overrides this.
+        ``point`` gives the global latent sites' values instead (e.g. the median of an
+        AutoGuide the model was fitted with).
         """
-        trace = poutine.trace(self._at_point_estimate()).get_trace(None, num_data=n)
+        model = self._at_point_estimate() if point is None else poutine.condition(self.model, data=point)
+        trace = poutine.trace(model).get_trace(None, num_data=n)
         observed = [name for name in self._observed_names() if name in trace.nodes]
         if len(observed) != 1:
             raise NotImplementedError(

@@ -1,6 +1,8 @@
 """experiments.train: the post-training evaluation levels (config key ``eval``, ``zoo train --eval``)."""
 import json
 
+import torch
+
 import pytest
 
 from experiments.cli import main
@@ -41,3 +43,23 @@ def test_a_run_written_before_a_config_key_existed_resumes(tmp_path):
     assert train_and_evaluate({**settings, "steps": 4}, tmp_path)["steps"] == 4  # resumed, nothing new to do
     with pytest.raises(ValueError, match="another configuration"):
         train_and_evaluate({**settings, "model": "fvsbn", "lr": 0.5}, tmp_path)
+
+
+def test_a_run_with_an_autoguide_is_scored_under_it_and_rescored_alike(tmp_path):
+    """``zoo train --guide auto_normal``: the test NLL is the posterior predictive under the
+    trained AutoGuide (near the exact one of the conjugate model), and ``zoo evaluate`` of the
+    run folder, which reloads the guide's parameters, gives the same number."""
+    import zoo
+    from experiments.train import evaluate_run, load_run, load_split
+
+    metrics = train_and_evaluate(dict(model="bernoulli", guide="auto_normal", steps=1000,
+                                      progress=False, eval="nll"), tmp_path)
+    model, config = load_run(tmp_path)
+    train, test = load_split(config, "train").x, load_split(config, "test").x
+    post = model.exact_posterior(train)["p"].base_dist
+    mean = post.concentration1 / (post.concentration1 + post.concentration0)
+    exact = -float(torch.distributions.Bernoulli(probs=mean).log_prob(test).sum(-1).double().mean())
+    assert abs(metrics["test"]["nll"] - exact) < 0.1, (metrics["test"]["nll"], exact)
+    assert evaluate_run(tmp_path)["nll"] == pytest.approx(metrics["test"]["nll"], rel=1e-9)
+    assert (tmp_path / "samples.png").is_file()
+    assert isinstance(model, zoo.ZooModel)

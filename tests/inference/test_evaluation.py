@@ -39,3 +39,40 @@ def test_evaluate_checks_the_data():
     model = zoo.create("fvsbn", data_dim=4)
     with pytest.raises(zoo.DataError, match="binary"):
         inference.evaluate(model, torch.full((3, 4), 0.5), progress=False)
+
+
+def _exact_predictive_nll(model, x_train, x_test):
+    """-mean log p(x | x_train) of Beta-Bernoulli: Bernoulli(E[p | x_train]) per pixel, exactly."""
+    post = model.exact_posterior(x_train)["p"].base_dist
+    mean = post.concentration1 / (post.concentration1 + post.concentration0)
+    return -float(torch.distributions.Bernoulli(probs=mean).log_prob(x_test).sum(-1).double().mean())
+
+
+def test_evaluate_under_the_autoguide_the_model_was_fitted_with():
+    """fit(model, x, guide=AutoNormal): the NLL is the posterior predictive under that guide
+    (near the exact one), not the model's own, unfitted guide (its prior predictive)."""
+    from pyro.infer.autoguide import AutoNormal
+
+    x, x_test = _data(n=600, seed=1), _data(n=200, seed=2)
+    model = zoo.create("bernoulli", data_dim=x.shape[1])
+    guide = AutoNormal(model.model)
+    inference.fit(model, x, guide=guide, steps=1000, progress=False)
+    under_guide = inference.evaluate(model, x_test, guide=guide, progress=False)["nll"]
+    own_guide = inference.evaluate(model, x_test, progress=False)["nll"]
+    exact = _exact_predictive_nll(model, x, x_test)
+    assert own_guide == pytest.approx(x.shape[1] * math.log(2), rel=1e-6)  # its own guide is still the prior
+    assert abs(under_guide - exact) < 0.05, (under_guide, exact)
+    # the same draws for any chunking of the rows
+    again = inference.evaluate(model, x_test, guide=guide, batch_size=7, progress=False)["nll"]
+    assert again == pytest.approx(under_guide, rel=1e-9)
+
+
+def test_evaluate_refuses_a_guide_with_local_latent_sites():
+    from pyro.infer.autoguide import AutoNormal
+
+    x = _data(n=64)
+    model = zoo.create("vae", data_dim=x.shape[1], hidden=[8], latent_dim=2)
+    guide = AutoNormal(model.model)
+    inference.fit(model, x, guide=guide, steps=2, batch_size=64, progress=False)
+    with pytest.raises(ValueError, match="local latent sites"):
+        inference.evaluate(model, x[:10], guide=guide, progress=False)
