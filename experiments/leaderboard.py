@@ -80,6 +80,11 @@ RECIPES = {
         published=dict(fixed=(88.40, MADE_PAPER), dynamic=(84.87, PYTORCH_GENERATIVE)),
         note="1 hidden layer of 500, 1 mask; early stopping with a 30-epoch look-ahead as in the paper (its optimiser not reproduced: ours is Adam, no weight decay). For this architecture karpathy/pytorch-made reports 94.5 (Adam with weight decay 1e-4), read off the paper's Figure 2; the hidden size behind Table 6's 88.40 is not verified here",
     ),
+    "made-weight-decay": dict(
+        model="made", options=dict(hidden_sizes=[500]), fit=dict(lr=1e-3, batch_size=100, epochs=200, early_stopping=30, weight_decay=1e-4),
+        published=dict(fixed=(88.40, MADE_PAPER)),
+        note="the made row with Adam's weight decay 1e-4, as karpathy/pytorch-made trains it (94.5 there, on the validation split)",
+    ),
     "made-32-masks": dict(
         model="made", options=dict(hidden_sizes=[500], num_masks=32, order_agnostic=True),
         fit=dict(lr=1e-3, batch_size=100, epochs=200, early_stopping=30),
@@ -136,7 +141,12 @@ TINY = dict(
     models=["fvsbn", "made-32-masks", "vae"],
     recipes={
         "fvsbn": dict(fit=dict(epochs=2, batch_size=100, early_stopping=None)),
-        "made-32-masks": dict(options=dict(hidden_sizes=[16], num_masks=2), fit=dict(epochs=2, batch_size=100, early_stopping=None)),
+        "made-weight-decay": dict(
+        model="made", options=dict(hidden_sizes=[500]), fit=dict(lr=1e-3, batch_size=100, epochs=200, early_stopping=30, weight_decay=1e-4),
+        published=dict(fixed=(88.40, MADE_PAPER)),
+        note="the made row with Adam's weight decay 1e-4, as karpathy/pytorch-made trains it (94.5 there, on the validation split)",
+    ),
+    "made-32-masks": dict(options=dict(hidden_sizes=[16], num_masks=2), fit=dict(epochs=2, batch_size=100, early_stopping=None)),
         "vae": dict(options=dict(hidden=[16], latent_dim=2), fit=dict(epochs=2, batch_size=100), eval_options=dict(num_samples=8)),
     },
     progress=False,

@@ -34,6 +34,7 @@ CONFIG = dict(
     batch_size=None,
     lr=None,
     num_particles=None,
+    weight_decay=None,
     early_stopping=None,
     seed=0,
     device="cpu",
@@ -48,7 +49,7 @@ DERIVED = ("image_shape", "model_path", "support")
 
 EVAL_LEVELS = ("none", "nll", "all")
 
-FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "lr", "num_particles", "early_stopping")
+FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "lr", "num_particles", "weight_decay", "early_stopping")
 
 
 def resolve(config: dict) -> dict:

@@ -133,15 +133,17 @@ class Checkpoint(Callback):
 
 #: settings that do not change the numbers a run computes: a run may resume with others
 FREE_SETTINGS = frozenset({"compile"})
+#: settings added after checkpoints were written: a checkpoint without one ran with this value
+ADDED_SETTINGS = {"weight_decay": 0.0}
 
 
 def _check_settings(saved, current: dict, path) -> None:
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path} holds no settings: not a checkpoint of this engine")
     diff = {
-        k: (saved.get(k), current.get(k))
+        k: (saved.get(k, ADDED_SETTINGS.get(k)), current.get(k, ADDED_SETTINGS.get(k)))
         for k in (set(saved) | set(current)) - FREE_SETTINGS
-        if saved.get(k) != current.get(k)
+        if saved.get(k, ADDED_SETTINGS.get(k)) != current.get(k, ADDED_SETTINGS.get(k))
     }
     if diff:
         detail = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))

@@ -70,6 +70,7 @@ DEFAULTS = dict(
     final_lr_fraction=0.01,
     num_particles=1,
     clip_norm=None,
+    weight_decay=0.0,
     compile="auto",
 )
 
@@ -133,6 +134,10 @@ def check_settings(s: dict, *, lr_may_be_zero: bool = False) -> dict:
         s["lr"] = _positive_float("lr", s["lr"])
     s["num_particles"] = _positive_int("num_particles", s["num_particles"])
     s["clip_norm"] = _positive_float("clip_norm", s.get("clip_norm"), allow_none=True)
+    wd = s.get("weight_decay", 0.0)
+    if isinstance(wd, bool) or not isinstance(wd, numbers.Real) or not math.isfinite(wd) or wd < 0:
+        raise ValueError(f"weight_decay must be a number >= 0, got {wd!r}")
+    s["weight_decay"] = float(wd)
     betas = s.get("betas", (0.9, 0.999))
     try:
         betas = [float(b) for b in betas]
@@ -317,7 +322,8 @@ class SVIStep:
     """
 
     def __init__(self, model, guide, objective, *, modules: dict, lr: float, betas=(0.9, 0.999),
-                 clip_norm=None, scale: float = 1.0, capture: bool = True, validate_first: bool = False):
+                 clip_norm=None, scale: float = 1.0, capture: bool = True, validate_first: bool = False,
+                 weight_decay: float = 0.0):
         self.objective = objective
         self._condition: dict = {}
         if capture:  # plain path: the step's plate indices apply to model and guide
@@ -326,6 +332,7 @@ class SVIStep:
         self.loss = objective(model, guide)  # Pyro's ELBOModule
         self.modules = modules
         self.lr, self.betas, self.clip = lr, tuple(betas), clip_norm
+        self.weight_decay = float(weight_decay)
         self.scale = scale
         self.capture = capture
         self.validate_first = validate_first
@@ -363,11 +370,13 @@ class SVIStep:
             self.names.append(self._name_of(p, store_names, module_names))
             self.params.append(p)
         if self.optimizer is not None:
-            self.optimizer.add_param_group({"params": new, "lr": self._lr_now, "betas": self.betas})
+            self.optimizer.add_param_group({"params": new, "lr": self._lr_now, "betas": self.betas,
+                                            "weight_decay": self.weight_decay})
 
     def _build(self):
         if self.optimizer is None and self.params:
-            self.optimizer = torch.optim.Adam(self.params, lr=self._lr_now, betas=self.betas)
+            self.optimizer = torch.optim.Adam(self.params, lr=self._lr_now, betas=self.betas,
+                                              weight_decay=self.weight_decay)
             self.optimizers = {"adam": self.optimizer}
 
     def _captured(self, trace):
@@ -482,7 +491,8 @@ def fit(model, data=None, guide=None, **settings) -> FitResult:
     * ``steps`` or ``epochs`` (not both); with neither, 20 epochs and at least
       ``min_steps`` (2000) steps. ``batch_size`` (a ZooModel's minibatch).
     * ``lr``, ``betas``: Adam's; ``lr_schedule`` ``"cosine"`` (default, decays to
-      ``final_lr_fraction * lr``) or ``"constant"``; ``clip_norm``; ``num_particles``.
+      ``final_lr_fraction * lr``) or ``"constant"``; ``clip_norm``; ``num_particles``;
+      ``weight_decay`` (Adam's L2 penalty on every parameter, as ``torch.optim.Adam``; default 0).
     * ``seed`` (same seed, same numbers), ``device`` (``"cpu"``, ``"cuda"``).
     * ``checkpoint``: a file (or :class:`~inference.checkpoint.Checkpointer`) to
       checkpoint into every ``checkpoint_every`` steps and resume from (``resume=True``);
@@ -623,6 +633,7 @@ def _zoo_program(model, data, guide, settings, run, device, ctx, rank, world):
         modules["guide"] = guide
     step = SVIStep(model.model, guide, elbo, modules=modules, lr=settings["lr"], betas=settings["betas"],
                    clip_norm=settings["clip_norm"], scale=num_data, capture=not traced,
+                   weight_decay=settings["weight_decay"],
                    validate_first=not traced and not run["validate"])
     if traced:
         if not step.params:
@@ -724,6 +735,7 @@ def _plain_program(model, data, guide, settings, run, device, ctx, rank, world):
     elbo = _objective(settings, max_nesting, traced)
     step = SVIStep(model, guide, elbo, modules=modules, lr=settings["lr"], betas=settings["betas"],
                    clip_norm=settings["clip_norm"], scale=1.0, capture=True,
+                   weight_decay=settings["weight_decay"],
                    validate_first=not run["validate"])
     extra = dict(model=getattr(model, "__qualname__", type(model).__name__), plates=sorted(plates),
                  compile="jit" if traced else "none")

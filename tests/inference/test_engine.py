@@ -121,6 +121,22 @@ def test_resume_refuses_other_settings(tmp_path):
         inference.fit(zoo.create("bernoulli", data_dim=5), binary_data(), run_dir=tmp_path, **{**SETTINGS, "lr": 0.1})
 
 
+def test_a_checkpoint_written_before_weight_decay_existed_resumes(tmp_path):
+    """A setting added later (weight_decay) is absent from older checkpoints, which ran with its
+    default: they resume; a run with another value is refused."""
+    x = binary_data()
+    short = {**SETTINGS, "steps": 30}
+    inference.fit(zoo.create("bernoulli", data_dim=5), x, run_dir=tmp_path, **short)
+    path = tmp_path / CHECKPOINT
+    state = torch.load(path, weights_only=True)
+    del state["settings"]["weight_decay"]
+    torch.save(state, path)
+    resumed = inference.fit(zoo.create("bernoulli", data_dim=5), x, run_dir=tmp_path, **short)
+    assert resumed.resumed_from == 30
+    with pytest.raises(inference.CheckpointError, match="weight_decay"):
+        inference.fit(zoo.create("bernoulli", data_dim=5), x, run_dir=tmp_path, **{**short, "weight_decay": 0.01})
+
+
 def test_same_seed_same_numbers():
     x = binary_data()
     a, b = zoo.create("bernoulli", data_dim=5), zoo.create("bernoulli", data_dim=5)

@@ -25,10 +25,11 @@ import inference
 from zoo.base import ZooModel, data_plate
 
 
-def svi_run(model, guide, args=(), kwargs=None, steps=100, lr=0.01, betas=(0.9, 0.999), loss=None, seed=0):
+def svi_run(model, guide, args=(), kwargs=None, steps=100, lr=0.01, betas=(0.9, 0.999), loss=None, seed=0,
+            weight_decay=0.0):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr, "betas": betas}), loss or Trace_ELBO())
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr, "betas": betas, "weight_decay": weight_decay}), loss or Trace_ELBO())
     for _ in range(steps):
         svi.step(*args, **(kwargs or {}))
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
@@ -77,6 +78,17 @@ def test_fit_equals_pyro_svi_bit_for_bit_on_the_coin():
     got, result = fit_run(coin_model, COIN, coin_guide, steps=200, lr=0.005, betas=(0.8, 0.95))
     assert_same(got, reference)
     assert result.settings["betas"] == [0.8, 0.95]
+
+
+def test_weight_decay_is_adams_as_in_pyro_optim():
+    reference = svi_run(coin_model, coin_guide, (COIN,), steps=100, lr=0.005, weight_decay=0.1)
+    got, result = fit_run(coin_model, COIN, coin_guide, steps=100, lr=0.005, weight_decay=0.1)
+    assert_same(got, reference)
+    assert result.settings["weight_decay"] == 0.1
+    plain, _ = fit_run(coin_model, COIN, coin_guide, steps=100, lr=0.005)
+    assert not torch.equal(plain["alpha_q"], got["alpha_q"])  # the penalty moved the parameters
+    with pytest.raises(ValueError, match="weight_decay"):
+        inference.fit(coin_model, COIN, coin_guide, steps=2, weight_decay=-1.0, progress=False)
 
 
 # ----- eight schools ------------------------------------------------------------------------
