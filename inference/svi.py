@@ -493,6 +493,9 @@ def fit(model, data=None, guide=None, **settings) -> FitResult:
     * ``lr``, ``betas``: Adam's; ``lr_schedule`` ``"cosine"`` (default, decays to
       ``final_lr_fraction * lr``) or ``"constant"``; ``clip_norm``; ``num_particles``;
       ``weight_decay`` (Adam's L2 penalty on every parameter, as ``torch.optim.Adam``; default 0).
+      The loss is the data set's negative ELBO, not a per-example mean: a weight decay ``w``
+      tuned on a mean loss over N examples is ``w * N`` here (a Gaussian prior of precision
+      ``w * N`` on the parameters).
     * ``seed`` (same seed, same numbers), ``device`` (``"cpu"``, ``"cuda"``).
     * ``checkpoint``: a file (or :class:`~inference.checkpoint.Checkpointer`) to
       checkpoint into every ``checkpoint_every`` steps and resume from (``resume=True``);
