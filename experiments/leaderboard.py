@@ -182,6 +182,8 @@ def resolve_rows(config: dict) -> list[dict]:
             recipe["published"] = {k: (v, cite) for k, v in (paper.get("published") or {}).items() if v is not None}
             for key in ("eval_options", "estimator", "note"):
                 recipe[key] = paper.get(key, recipe.get(key))
+        elif paper and "options" not in recipe:  # a row of a model with a paper: the paper's architecture
+            recipe["options"] = copy.deepcopy(paper.get("options", {}))
         override = config["recipes"].get(label, {})
         for key in ("options", "fit", "eval_options"):
             recipe[key] = {**(recipe.get(key) or {}), **(override.get(key) or {})}

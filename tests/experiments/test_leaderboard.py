@@ -121,3 +121,15 @@ def test_a_row_whose_model_is_not_registered_keeps_its_published_figure(data_dir
     assert "not registered" in row["note"]
     md = (tmp_path / "leaderboard-binarized-mnist.md").read_text()
     assert "80.50 (Someone 2030)" in md and "not registered" in md
+
+
+def test_a_row_without_options_gets_its_models_paper_architecture():
+    """The 2-stochastic-layer VAE row names no options: it trains the paper's sizes (the
+    model's ``paper["options"]``), not the model's small defaults."""
+    import zoo
+    from experiments.leaderboard import CONFIG, resolve_rows
+
+    (row,) = resolve_rows({**CONFIG, "models": ["vae-2-stochastic-layers"]})
+    assert row["options"] == zoo.get("vae2").paper["options"]
+    (made,) = resolve_rows({**CONFIG, "models": ["made-32-masks"]})
+    assert made["options"]["num_masks"] == 32  # a row's own options stay
