@@ -27,7 +27,8 @@ which is Germain et al.'s ensemble (an average of probabilities, never of logits
 ``sample`` draws a mask uniformly, then ancestrally in its ordering.
 
 Parameters: **sum_{l=1}^{L+1} (h_{l-1} + 1) h_l** with h_0 = h_{L+1} = n, the dense count
-the papers report (784-500-784: 785,284); every stored weight is trainable, the masks
+the papers report (784-500-784: 785,284), plus **n^2** with ``direct=True`` (masked direct
+input -> output weights, [d(i) > d(j)], added to the output logits); every stored weight is trainable, the masks
 zero part of them (``num_connected_parameters()`` counts those any mask keeps).
 
 Reference: Germain, Gregor, Murray & Larochelle, "MADE: Masked Autoencoder for
@@ -54,7 +55,7 @@ class MaskedMLP(torch.nn.Module):
     ``forward(x, k)`` uses mask set k. Masks are buffers of shape (K, out, in).
     """
 
-    def __init__(self, sizes: tuple[int, ...], masks: list[torch.Tensor], seed: int = 0):
+    def __init__(self, sizes: tuple[int, ...], masks: list[torch.Tensor], seed: int = 0, direct_mask=None):
         super().__init__()
         g = torch.Generator().manual_seed(int(seed))
         self.weights = torch.nn.ParameterList()
@@ -65,6 +66,10 @@ class MaskedMLP(torch.nn.Module):
             self.biases.append(torch.nn.Parameter((torch.rand(fan_out, generator=g) * 2 - 1) * bound))
             self.register_buffer(f"mask{l}", masks[l])
         self.num_layers = len(sizes) - 1
+        self.direct = None  # the masked input -> output weights (K, n, n masks), zero at the start
+        if direct_mask is not None:
+            self.direct = torch.nn.Parameter(torch.zeros(sizes[-1], sizes[0]))
+            self.register_buffer("direct_mask", direct_mask)
 
     def masks(self, k: int = 0) -> list[torch.Tensor]:
         return [getattr(self, f"mask{l}")[k] for l in range(self.num_layers)]
@@ -75,6 +80,8 @@ class MaskedMLP(torch.nn.Module):
             h = F.linear(h, w * getattr(self, f"mask{l}")[k], b)
             if l < self.num_layers - 1:
                 h = F.relu(h)
+        if self.direct is not None:
+            h = h + F.linear(x, self.direct * self.direct_mask[k])
         return h
 
 
@@ -94,17 +101,30 @@ def made_masks(ordering: torch.Tensor, hidden_sizes: tuple[int, ...], generator:
     return masks
 
 
+def direct_mask(ordering: torch.Tensor) -> torch.Tensor:
+    """(n, n) mask of the direct input -> output weights: [d(i) > d(j)], FVSBN's connectivity."""
+    position = torch.argsort(ordering)
+    return (position[:, None] > position[None, :]).float()
+
+
 class MADE(AutoregressiveBernoulli):
     """MADE with one or several masks.
 
     :param int data_dim: n.
     :param hidden_sizes: sizes of the hidden layers (an int for one layer).
     :param ordering: the ordering of mask 0: ``"natural"`` (default), ``"reverse"``,
-        ``"random"`` or a permutation of 0..n-1.
+        ``"random"`` or a permutation of 0..n-1. On 28x28 images prefer ``"random"`` (the
+        authors' code shuffles before training): in raster order a hidden unit of low degree
+        sees only the always-off top rows: 784-500-784 on binarized MNIST, the same recipe and
+        10 epochs, gives 103.7 nats test NLL in raster order against 96.8 in a random one
+        (measured); on 8x8 digits the two agree within 0.2 nats.
     :param int num_masks: K, the number of masks trained (one drawn per step) and mixed
         exactly in ``log_prob``.
     :param bool order_agnostic: masks 1..K-1 get their own random orderings (else they
         share ``ordering`` and differ only in connectivity).
+    :param bool direct: add masked direct input -> output weights (an FVSBN term inside
+        the network, n^2 more parameters, zero at the start), as the authors' MNIST models
+        (``direct_input_connect=Output`` in mgermain/MADE's command for the paper's result).
     :param int seed: seeds the orderings, the hidden degrees and the initial weights.
     """
 
@@ -112,17 +132,18 @@ class MADE(AutoregressiveBernoulli):
     # overfits. 8 order-agnostic masks for 400 epochs reach ~16.2.
     static_structure = True  # traceable: the fast path replays its objective (tests/inference/test_fast_path.py)
     fit_defaults = dict(lr=3e-3, epochs=120, batch_size=64)
-    #: the paper's row for one hidden layer of 500 and one mask (read by the leaderboard);
-    #: Germain et al. Table 6 also gives 88.04 (1 layer, 32 masks), 89.59 (2 layers, 1 mask)
-    #: and 86.64 (2 layers of 500, 32 masks): ``hidden_sizes=(500, 500), num_masks=32,
-    #: order_agnostic=True``. They trained by Adagrad with early stopping (look-ahead 30
-    #: epochs); here Adam.
+    #: the paper's row for one hidden layer and one mask (read by the leaderboard), with the network
+    #: of the authors' code (mgermain/MADE): 8000 ReLU units, a random ordering (trainMADE.py
+    #: shuffles before training) and direct input -> output weights. Germain et al. Table 6 also
+    #: gives 89.59 (2 layers, 1 mask), 88.04 (1 layer, 32 masks) and 86.64 (2 layers, 32 masks).
+    #: They trained by Adagrad (0.01) with early stopping (look-ahead 30 epochs); here Adam.
     paper = dict(
-        options=dict(hidden_sizes=[500]),
+        options=dict(hidden_sizes=[8000], ordering="random", direct=True),
         recipe=dict(lr=1e-3, batch_size=100, epochs=200, early_stopping=30),
         published=dict(fixed=88.40, dynamic=84.87),
         citation="Germain et al. 2015, Table 6 (fixed); pytorch-generative README (dynamic, not verified here)",
-        note="1 hidden layer of 500, 1 mask; paper: Adagrad, look-ahead 30 epochs; ours: Adam",
+        note="1 hidden layer of 8000, 1 mask, random ordering, direct connections (the authors' code); "
+        "paper: Adagrad, look-ahead 30 epochs; ours: Adam",
     )
 
     def __init__(
@@ -132,6 +153,7 @@ class MADE(AutoregressiveBernoulli):
         ordering="natural",
         num_masks: int = 1,
         order_agnostic: bool = False,
+        direct: bool = False,
         seed: int = 0,
     ):
         super().__init__()
@@ -149,7 +171,9 @@ class MADE(AutoregressiveBernoulli):
         masks = [torch.stack([m[l] for m in per_mask]) for l in range(len(self.hidden_sizes) + 1)]
         self._set_ordering(first)
         self.register_buffer("orderings", torch.stack(orderings))
-        self.net = MaskedMLP((n, *self.hidden_sizes, n), masks, seed=seed)
+        self.direct = bool(direct)
+        direct_masks = torch.stack([direct_mask(o) for o in orderings]) if self.direct else None
+        self.net = MaskedMLP((n, *self.hidden_sizes, n), masks, seed=seed, direct_mask=direct_masks)
         if self.num_masks > 1:  # a mask drawn per step: not a static graph, so no jit replay
             self.fit_defaults = {**type(self).fit_defaults, "compile": "none"}
 
@@ -204,10 +228,11 @@ class MADE(AutoregressiveBernoulli):
 
     def num_parameters(self) -> int:
         sizes = (self.data_dim, *self.hidden_sizes, self.data_dim)
-        return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+        return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:])) + self.direct * self.data_dim**2
 
     def num_connected_parameters(self) -> int:
         """Weights that at least one mask keeps, plus all biases."""
         net = self.net
         kept = sum(int(getattr(net, f"mask{l}").amax(0).sum()) for l in range(net.num_layers))
+        kept += int(net.direct_mask.amax(0).sum()) if self.direct else 0
         return kept + sum(b.numel() for b in net.biases)

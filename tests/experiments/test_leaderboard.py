@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import inference
+import zoo
 from experiments import leaderboard as LB
 from experiments.cli import _flags
 
@@ -96,7 +97,8 @@ def test_a_spent_time_budget_stops_after_one_step_and_the_score_is_cached(data_d
 
 def test_rows_come_from_the_recipes_and_a_class_paper(monkeypatch):
     rows = {r["label"]: r for r in LB.resolve_rows(LB.CONFIG)}
-    assert rows["made-2-layers-32-masks"]["options"]["hidden_sizes"] == [500, 500]
+    assert rows["made-2-layers-32-masks"]["options"]["hidden_sizes"] == [8000, 8000]
+    assert rows["made"]["options"] == zoo.get("made").paper["options"] == {"hidden_sizes": [8000], "ordering": "random", "direct": True}
     assert rows["vae"]["eval_options"] == {"num_samples": 5000} and LB.estimator(rows["vae"]) == "IS, K=5000"
     assert LB.estimator(rows["fvsbn"]) == "exact"
     assert LB.estimator(rows["made-2-layers-32-masks"]) == "exact, 32-mask ensemble (log-mean-exp)"
@@ -133,3 +135,28 @@ def test_a_row_without_options_gets_its_models_paper_architecture():
     assert row["options"] == zoo.get("vae2").paper["options"]
     (made,) = resolve_rows({**CONFIG, "models": ["made-32-masks"]})
     assert made["options"]["num_masks"] == 32  # a row's own options stay
+
+
+def test_an_earlier_tables_rows_are_kept_where_this_run_has_none(data_dir, tmp_path):
+    first = LB.run(config(data_dir, models=["fvsbn", "vae"]), tmp_path / "a")
+    earlier = tmp_path / "a" / "leaderboard-binarized-mnist.json"
+    second = LB.run(config(data_dir, models=["made-32-masks", "fvsbn"], keep_rows=str(earlier)), tmp_path / "b")
+    rows = {r["label"]: r for r in second["rows"]}
+    assert list(rows) == ["fvsbn", "made-32-masks", "vae"]  # the recipes' order
+    vae = {r["label"]: r for r in first["rows"]}["vae"]
+    assert rows["vae"]["ours"] == vae["ours"] and rows["vae"]["note"].startswith("kept from leaderboard-binarized-mnist.json")
+    assert not rows["fvsbn"]["note"].startswith("kept")  # rerun here: this run's row
+    md = (tmp_path / "b" / "leaderboard-binarized-mnist.md").read_text()
+    assert "**vae**: kept from" in md
+    # kept again from the merged table: the provenance is said once
+    third = LB.kept([], config(data_dir, keep_rows=str(tmp_path / "b" / "leaderboard-binarized-mnist.json")))
+    assert [r["label"] for r in third] == ["fvsbn", "made-32-masks", "vae"]
+    assert all(r["note"].count("kept from") == 1 for r in third)
+    # a row whose label now has another recipe is not kept: its number belongs to that other recipe
+    changed = config(data_dir, keep_rows=str(earlier))
+    changed["recipes"]["vae"]["options"] = dict(hidden=[8], latent_dim=2)
+    assert [r["label"] for r in LB.kept([], changed)] == ["fvsbn"]
+    with pytest.raises(ValueError, match="is a table of binarized-mnist .seed 0., not of mnist-dynamic"):
+        LB.kept([], {**LB.CONFIG, "data": "mnist", "binarize": "dynamic", "keep_rows": str(earlier)})
+    with pytest.raises(ValueError, match="not a leaderboard table"):
+        LB.kept([], {**LB.CONFIG, "keep_rows": str(tmp_path / "missing.json")})

@@ -39,6 +39,7 @@ VARIANTS = [
     ("made", {"hidden_sizes": (16,)}),
     ("made", {"hidden_sizes": (16, 16), "ordering": "random", "seed": 2}),
     ("made", {"hidden_sizes": (16,), "num_masks": 3, "order_agnostic": True}),
+    ("made", {"hidden_sizes": (16,), "ordering": "random", "direct": True, "num_masks": 2, "order_agnostic": True}),
     ("mixture", {"num_components": 3}),
     ("pixelcnn", {"channels": 4, "num_layers": 2, "head_channels": 6}),
     ("pixelcnn", {"channels": 6, "num_layers": 1, "head_channels": 3, "first_kernel": 3, "kernel": 5}),
@@ -172,6 +173,7 @@ def test_markov_conditional_depends_only_on_its_window():
         ("nade", {"hidden_size": 7}, lambda n: 2 * n * 7 + n),
         ("made", {"hidden_sizes": (7,)}, lambda n: (n + 1) * 7 + 8 * n),
         ("made", {"hidden_sizes": (7, 5), "num_masks": 2}, lambda n: (n + 1) * 7 + 8 * 5 + 6 * n),
+        ("made", {"hidden_sizes": (7,), "direct": True}, lambda n: (n + 1) * 7 + 8 * n + n * n),
         ("mixture", {"num_components": 4}, lambda n: 3 + 4 * n),
     ],
 )
@@ -195,9 +197,10 @@ def test_parameter_counts_at_the_lectures_sizes():
     assert zoo.create("rgb_pixel", factorization="independent").num_parameters() == 3 * 255
 
 
-def test_made_masked_weights_get_no_gradient_and_connected_count():
+@pytest.mark.parametrize("direct", [False, True])
+def test_made_masked_weights_get_no_gradient_and_connected_count(direct):
     n = 8
-    model = MADE(n, hidden_sizes=(12, 12), ordering="random", seed=3)
+    model = MADE(n, hidden_sizes=(12, 12), ordering="random", seed=3, direct=direct)
     model.log_prob(toy_data(n, 16)).sum().backward()
     connected = 0
     for l, w in enumerate(model.net.weights):
@@ -205,6 +208,11 @@ def test_made_masked_weights_get_no_gradient_and_connected_count():
         assert torch.all(w.grad[mask == 0] == 0)
         connected += int(mask.sum())
     connected += sum(b.numel() for b in model.net.biases)
+    if direct:  # FVSBN's strictly-earlier connectivity: n(n-1)/2 weights, which get the gradient
+        mask = model.net.direct_mask[0]
+        assert int(mask.sum()) == n * (n - 1) // 2
+        assert torch.all(model.net.direct.grad[mask == 0] == 0) and model.net.direct.grad[mask == 1].abs().sum() > 0
+        connected += int(mask.sum())
     assert model.num_connected_parameters() == connected < model.num_parameters()
 
 
