@@ -132,6 +132,8 @@ def _parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str,
                    "or the model's)")
     t.add_argument("--num-particles", type=int, metavar="K", help="guide draws per step; K of iwae/renyi (default 1)")
     t.add_argument("--weight-decay", type=float, metavar="W", help="Adam's L2 penalty on every parameter (default 0)")
+    t.add_argument("--fused", action="store_true", default=None,
+                   help="torch's fused Adam kernel: several times faster on large models, equal within rounding")
     t.add_argument("--early-stopping", type=int, metavar="EPOCHS",
                    help="stop after this many epochs without a better validation loss; keep the best parameters")
     t.add_argument("--seed", type=int, help="seed of parameters, minibatches and draws (default 0)")
@@ -432,7 +434,7 @@ def train_config(args) -> dict:
         model=args.model, data=args.data, data_dir=args.data_dir, binarize=args.binarize,
         objective=args.objective, guide=args.guide, steps=args.steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, num_particles=args.num_particles, weight_decay=args.weight_decay,
-        early_stopping=args.early_stopping, seed=args.seed, device=args.device, logger=args.logger,
+        fused=args.fused, early_stopping=args.early_stopping, seed=args.seed, device=args.device, logger=args.logger,
         eval=args.eval,
     )
     if args.steps is not None or args.epochs is not None:  # one setting: a flag replaces both

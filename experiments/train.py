@@ -35,6 +35,7 @@ CONFIG = dict(
     lr=None,
     num_particles=None,
     weight_decay=None,
+    fused=None,
     early_stopping=None,
     seed=0,
     device="cpu",
@@ -49,7 +50,7 @@ DERIVED = ("image_shape", "model_path", "support")
 
 EVAL_LEVELS = ("none", "nll", "all")
 
-FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "lr", "num_particles", "weight_decay", "early_stopping")
+FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "lr", "num_particles", "weight_decay", "fused", "early_stopping")
 
 
 def resolve(config: dict) -> dict:

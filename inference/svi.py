@@ -71,6 +71,7 @@ DEFAULTS = dict(
     num_particles=1,
     clip_norm=None,
     weight_decay=0.0,
+    fused=False,
     compile="auto",
 )
 
@@ -138,6 +139,8 @@ def check_settings(s: dict, *, lr_may_be_zero: bool = False) -> dict:
     if isinstance(wd, bool) or not isinstance(wd, numbers.Real) or not math.isfinite(wd) or wd < 0:
         raise ValueError(f"weight_decay must be a number >= 0, got {wd!r}")
     s["weight_decay"] = float(wd)
+    if not isinstance(s.get("fused", False), bool):
+        raise ValueError(f"fused must be True or False, got {s['fused']!r}")
     betas = s.get("betas", (0.9, 0.999))
     try:
         betas = [float(b) for b in betas]
@@ -323,7 +326,7 @@ class SVIStep:
 
     def __init__(self, model, guide, objective, *, modules: dict, lr: float, betas=(0.9, 0.999),
                  clip_norm=None, scale: float = 1.0, capture: bool = True, validate_first: bool = False,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, fused: bool = False):
         self.objective = objective
         self._condition: dict = {}
         if capture:  # plain path: the step's plate indices apply to model and guide
@@ -333,6 +336,9 @@ class SVIStep:
         self.modules = modules
         self.lr, self.betas, self.clip = lr, tuple(betas), clip_norm
         self.weight_decay = float(weight_decay)
+        # torch's multi-tensor Adam: the per-parameter Adams of pyro.optim, bit for bit, faster on
+        # CPU (where torch's default is one tensor at a time); fused: torch's one-kernel Adam
+        self.impl = dict(fused=True) if fused else dict(foreach=True)
         self.scale = scale
         self.capture = capture
         self.validate_first = validate_first
@@ -376,7 +382,7 @@ class SVIStep:
     def _build(self):
         if self.optimizer is None and self.params:
             self.optimizer = torch.optim.Adam(self.params, lr=self._lr_now, betas=self.betas,
-                                              weight_decay=self.weight_decay)
+                                              weight_decay=self.weight_decay, **self.impl)
             self.optimizers = {"adam": self.optimizer}
 
     def _captured(self, trace):
@@ -469,6 +475,8 @@ class SVIStep:
         self._build()
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizers"]["adam"])
+            for group in self.optimizer.param_groups:  # this run's implementation, not the file's
+                group.update(foreach=self.impl.get("foreach"), fused=self.impl.get("fused"))
 
 
 # ----- fit ------------------------------------------------------------------------------------
@@ -495,7 +503,9 @@ def fit(model, data=None, guide=None, **settings) -> FitResult:
       ``weight_decay`` (Adam's L2 penalty on every parameter, as ``torch.optim.Adam``; default 0).
       The loss is the data set's negative ELBO, not a per-example mean: a weight decay ``w``
       tuned on a mean loss over N examples is ``w * N`` here (a Gaussian prior of precision
-      ``w * N`` on the parameters).
+      ``w * N`` on the parameters). ``fused``: torch's fused Adam kernel (``torch.optim.Adam(
+      fused=True)``, CPU or CUDA; several times faster on millions of parameters, equal to the
+      default multi-tensor Adam within float rounding, not bit for bit; default False).
     * ``seed`` (same seed, same numbers), ``device`` (``"cpu"``, ``"cuda"``).
     * ``checkpoint``: a file (or :class:`~inference.checkpoint.Checkpointer`) to
       checkpoint into every ``checkpoint_every`` steps and resume from (``resume=True``);
@@ -636,7 +646,7 @@ def _zoo_program(model, data, guide, settings, run, device, ctx, rank, world):
         modules["guide"] = guide
     step = SVIStep(model.model, guide, elbo, modules=modules, lr=settings["lr"], betas=settings["betas"],
                    clip_norm=settings["clip_norm"], scale=num_data, capture=not traced,
-                   weight_decay=settings["weight_decay"],
+                   weight_decay=settings["weight_decay"], fused=settings["fused"],
                    validate_first=not traced and not run["validate"])
     if traced:
         if not step.params:
@@ -738,7 +748,7 @@ def _plain_program(model, data, guide, settings, run, device, ctx, rank, world):
     elbo = _objective(settings, max_nesting, traced)
     step = SVIStep(model, guide, elbo, modules=modules, lr=settings["lr"], betas=settings["betas"],
                    clip_norm=settings["clip_norm"], scale=1.0, capture=True,
-                   weight_decay=settings["weight_decay"],
+                   weight_decay=settings["weight_decay"], fused=settings["fused"],
                    validate_first=not run["validate"])
     extra = dict(model=getattr(model, "__qualname__", type(model).__name__), plates=sorted(plates),
                  compile="jit" if traced else "none")

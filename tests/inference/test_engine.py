@@ -121,20 +121,43 @@ def test_resume_refuses_other_settings(tmp_path):
         inference.fit(zoo.create("bernoulli", data_dim=5), binary_data(), run_dir=tmp_path, **{**SETTINGS, "lr": 0.1})
 
 
-def test_a_checkpoint_written_before_weight_decay_existed_resumes(tmp_path):
-    """A setting added later (weight_decay) is absent from older checkpoints, which ran with its
-    default: they resume; a run with another value is refused."""
+@pytest.mark.parametrize("setting,other", [("weight_decay", 0.01), ("fused", True)])
+def test_a_checkpoint_written_before_a_setting_existed_resumes(tmp_path, setting, other):
+    """A setting added later (weight_decay, fused) is absent from older checkpoints, which ran
+    with its default: they resume; a run with another value is refused."""
     x = binary_data()
     short = {**SETTINGS, "steps": 30}
     inference.fit(zoo.create("bernoulli", data_dim=5), x, run_dir=tmp_path, **short)
     path = tmp_path / CHECKPOINT
     state = torch.load(path, weights_only=True)
-    del state["settings"]["weight_decay"]
+    del state["settings"][setting]
     torch.save(state, path)
     resumed = inference.fit(zoo.create("bernoulli", data_dim=5), x, run_dir=tmp_path, **short)
     assert resumed.resumed_from == 30
-    with pytest.raises(inference.CheckpointError, match="weight_decay"):
-        inference.fit(zoo.create("bernoulli", data_dim=5), x, run_dir=tmp_path, **{**short, "weight_decay": 0.01})
+    with pytest.raises(inference.CheckpointError, match=setting):
+        inference.fit(zoo.create("bernoulli", data_dim=5), x, run_dir=tmp_path, **{**short, setting: other})
+
+
+def test_fused_adam_follows_the_default_adam_within_rounding_and_resumes(tmp_path):
+    """torch's fused kernel computes Adam's update in another order: the same trajectory to
+    float rounding (not bit for bit), and a fused run resumes to its uninterrupted self."""
+    x = binary_data()
+    settings = {**SETTINGS, "steps": 60, "weight_decay": 0.5}
+    runs = {}
+    for fused in (False, True):
+        model = zoo.create("made", data_dim=x.shape[1], hidden_sizes=(8,), seed=1)
+        inference.fit(model, x, fused=fused, **settings)
+        runs[fused] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.allclose(runs[True], runs[False], rtol=1e-4, atol=1e-5)
+    half = zoo.create("made", data_dim=x.shape[1], hidden_sizes=(8,), seed=1)
+    sigint = lambda: signal.raise_signal(signal.SIGINT)  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        inference.fit(half, x, fused=True, run_dir=tmp_path, guide=CrashAt(half, 23, sigint), **settings)
+    resumed = zoo.create("made", data_dim=x.shape[1], hidden_sizes=(8,), seed=1)
+    assert inference.fit(resumed, x, fused=True, run_dir=tmp_path, **settings).resumed_from == 23
+    assert torch.equal(torch.cat([p.detach().flatten() for p in resumed.parameters()]), runs[True])
+    with pytest.raises(ValueError, match="fused must be True or False"):
+        inference.fit(zoo.create("bernoulli", data_dim=5), x, fused="yes", **SETTINGS)
 
 
 def test_same_seed_same_numbers():
