@@ -235,8 +235,9 @@ def hand_loss_fn(name: str, model, num_data: int):
 
 
 def hand_train(loss_fn, params, data, steps: int, seed: int = 0):
-    """A hand-written training loop: cosine learning rate, Adam, ``loss.item()`` per step."""
-    opt = torch.optim.Adam(params, lr=LR)
+    """A hand-written training loop: cosine learning rate, Adam (torch's multi-tensor one, as
+    the engine's), ``loss.item()`` per step."""
+    opt = torch.optim.Adam(params, lr=LR, foreach=True)
     batches = Minibatches(data, BATCH, seed)
     for step in range(steps):
         for g in opt.param_groups:
