@@ -130,6 +130,8 @@ def _parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str,
     t.add_argument("--batch-size", type=int, help="minibatch size (global under torchrun; default 128)")
     t.add_argument("--lr", type=float, help="Adam's initial learning rate (cosine-decayed to 1%%; default 1e-3 "
                    "or the model's)")
+    t.add_argument("--optimizer", choices=("adam", "adagrad"), help="torch's Adam (default) or Adagrad")
+    t.add_argument("--lr-schedule", choices=("cosine", "constant"), help="cosine decay to 1%% (default) or constant")
     t.add_argument("--num-particles", type=int, metavar="K", help="guide draws per step; K of iwae/renyi (default 1)")
     t.add_argument("--weight-decay", type=float, metavar="W", help="Adam's L2 penalty on every parameter (default 0)")
     t.add_argument("--fused", action="store_true", default=None,
@@ -433,7 +435,7 @@ def train_config(args) -> dict:
     flags = dict(
         model=args.model, data=args.data, data_dir=args.data_dir, binarize=args.binarize,
         objective=args.objective, guide=args.guide, steps=args.steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, num_particles=args.num_particles, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, num_particles=args.num_particles, weight_decay=args.weight_decay,
         fused=args.fused, early_stopping=args.early_stopping, seed=args.seed, device=args.device, logger=args.logger,
         eval=args.eval,
     )

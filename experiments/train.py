@@ -32,7 +32,9 @@ CONFIG = dict(
     steps=None,
     epochs=None,
     batch_size=None,
+    optimizer=None,
     lr=None,
+    lr_schedule=None,
     num_particles=None,
     weight_decay=None,
     fused=None,
@@ -50,7 +52,7 @@ DERIVED = ("image_shape", "model_path", "support")
 
 EVAL_LEVELS = ("none", "nll", "all")
 
-FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "lr", "num_particles", "weight_decay", "fused", "early_stopping")
+FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "optimizer", "lr", "lr_schedule", "num_particles", "weight_decay", "fused", "early_stopping")
 
 
 def resolve(config: dict) -> dict:

@@ -134,7 +134,7 @@ class Checkpoint(Callback):
 #: settings that do not change the numbers a run computes: a run may resume with others
 FREE_SETTINGS = frozenset({"compile"})
 #: settings added after checkpoints were written: a checkpoint without one ran with this value
-ADDED_SETTINGS = {"weight_decay": 0.0, "fused": False}
+ADDED_SETTINGS = {"weight_decay": 0.0, "fused": False, "optimizer": "adam"}
 
 
 def _check_settings(saved, current: dict, path) -> None:

@@ -64,6 +64,7 @@ DEFAULTS = dict(
     epochs=20,
     min_steps=2000,
     batch_size=128,
+    optimizer="adam",
     lr=1e-3,
     betas=(0.9, 0.999),
     lr_schedule="cosine",
@@ -74,6 +75,9 @@ DEFAULTS = dict(
     fused=False,
     compile="auto",
 )
+
+#: the optimisers ``fit`` offers: torch's, with their own settings (``betas`` are Adam's)
+OPTIMIZERS = ("adam", "adagrad")
 
 #: every setting ``fit`` takes besides ``DEFAULTS`` (and their defaults)
 RUN_OPTIONS = dict(
@@ -139,6 +143,8 @@ def check_settings(s: dict, *, lr_may_be_zero: bool = False) -> dict:
     if isinstance(wd, bool) or not isinstance(wd, numbers.Real) or not math.isfinite(wd) or wd < 0:
         raise ValueError(f"weight_decay must be a number >= 0, got {wd!r}")
     s["weight_decay"] = float(wd)
+    if s.get("optimizer", "adam") not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {s.get('optimizer')!r}")
     if not isinstance(s.get("fused", False), bool):
         raise ValueError(f"fused must be True or False, got {s['fused']!r}")
     betas = s.get("betas", (0.9, 0.999))
@@ -326,7 +332,7 @@ class SVIStep:
 
     def __init__(self, model, guide, objective, *, modules: dict, lr: float, betas=(0.9, 0.999),
                  clip_norm=None, scale: float = 1.0, capture: bool = True, validate_first: bool = False,
-                 weight_decay: float = 0.0, fused: bool = False):
+                 weight_decay: float = 0.0, fused: bool = False, optimizer: str = "adam"):
         self.objective = objective
         self._condition: dict = {}
         if capture:  # plain path: the step's plate indices apply to model and guide
@@ -339,6 +345,7 @@ class SVIStep:
         # torch's multi-tensor Adam: the per-parameter Adams of pyro.optim, bit for bit, faster on
         # CPU (where torch's default is one tensor at a time); fused: torch's one-kernel Adam
         self.impl = dict(fused=True) if fused else dict(foreach=True)
+        self.kind = optimizer  # "adam" or "adagrad" (Adagrad: no betas, torch's accumulator from 0)
         self.scale = scale
         self.capture = capture
         self.validate_first = validate_first
@@ -376,14 +383,17 @@ class SVIStep:
             self.names.append(self._name_of(p, store_names, module_names))
             self.params.append(p)
         if self.optimizer is not None:
-            self.optimizer.add_param_group({"params": new, "lr": self._lr_now, "betas": self.betas,
-                                            "weight_decay": self.weight_decay})
+            self.optimizer.add_param_group({"params": new, "lr": self._lr_now, "weight_decay": self.weight_decay,
+                                            **({"betas": self.betas} if self.kind == "adam" else {})})
 
     def _build(self):
         if self.optimizer is None and self.params:
-            self.optimizer = torch.optim.Adam(self.params, lr=self._lr_now, betas=self.betas,
-                                              weight_decay=self.weight_decay, **self.impl)
-            self.optimizers = {"adam": self.optimizer}
+            if self.kind == "adam":
+                self.optimizer = torch.optim.Adam(self.params, lr=self._lr_now, betas=self.betas,
+                                                  weight_decay=self.weight_decay, **self.impl)
+            else:
+                self.optimizer = torch.optim.Adagrad(self.params, lr=self._lr_now, weight_decay=self.weight_decay, **self.impl)
+            self.optimizers = {self.kind: self.optimizer}
 
     def _captured(self, trace):
         out = []
@@ -450,7 +460,7 @@ class SVIStep:
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "params": {store[p]: p.detach().clone() for p in self.params if p in store},
             "param_names": list(self.names),
-            "optimizers": {"adam": self.optimizer.state_dict()} if self.optimizer is not None else {},
+            "optimizers": {self.kind: self.optimizer.state_dict()} if self.optimizer is not None else {},
         }
 
     def load_state_dict(self, state: dict, batch: Batch) -> None:
@@ -474,7 +484,7 @@ class SVIStep:
         self.optimizer = None
         self._build()
         if self.optimizer is not None:
-            self.optimizer.load_state_dict(state["optimizers"]["adam"])
+            self.optimizer.load_state_dict(state["optimizers"][self.kind])
             for group in self.optimizer.param_groups:  # this run's implementation, not the file's
                 group.update(foreach=self.impl.get("foreach"), fused=self.impl.get("fused"))
 
@@ -498,7 +508,8 @@ def fit(model, data=None, guide=None, **settings) -> FitResult:
       ``meanfield``, ``enum``, ``iwae``, ``renyi``, ``jit_*``).
     * ``steps`` or ``epochs`` (not both); with neither, 20 epochs and at least
       ``min_steps`` (2000) steps. ``batch_size`` (a ZooModel's minibatch).
-    * ``lr``, ``betas``: Adam's; ``lr_schedule`` ``"cosine"`` (default, decays to
+    * ``optimizer``: ``"adam"`` (default) or ``"adagrad"`` (torch's, as Germain et al. train MADE);
+      ``lr``, ``betas`` (Adam's); ``lr_schedule`` ``"cosine"`` (default, decays to
       ``final_lr_fraction * lr``) or ``"constant"``; ``clip_norm``; ``num_particles``;
       ``weight_decay`` (Adam's L2 penalty on every parameter, as ``torch.optim.Adam``; default 0).
       The loss is the data set's negative ELBO, not a per-example mean: a weight decay ``w``
@@ -646,7 +657,7 @@ def _zoo_program(model, data, guide, settings, run, device, ctx, rank, world):
         modules["guide"] = guide
     step = SVIStep(model.model, guide, elbo, modules=modules, lr=settings["lr"], betas=settings["betas"],
                    clip_norm=settings["clip_norm"], scale=num_data, capture=not traced,
-                   weight_decay=settings["weight_decay"], fused=settings["fused"],
+                   weight_decay=settings["weight_decay"], fused=settings["fused"], optimizer=settings["optimizer"],
                    validate_first=not traced and not run["validate"])
     if traced:
         if not step.params:
@@ -748,7 +759,7 @@ def _plain_program(model, data, guide, settings, run, device, ctx, rank, world):
     elbo = _objective(settings, max_nesting, traced)
     step = SVIStep(model, guide, elbo, modules=modules, lr=settings["lr"], betas=settings["betas"],
                    clip_norm=settings["clip_norm"], scale=1.0, capture=True,
-                   weight_decay=settings["weight_decay"], fused=settings["fused"],
+                   weight_decay=settings["weight_decay"], fused=settings["fused"], optimizer=settings["optimizer"],
                    validate_first=not run["validate"])
     extra = dict(model=getattr(model, "__qualname__", type(model).__name__), plates=sorted(plates),
                  compile="jit" if traced else "none")

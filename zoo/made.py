@@ -136,14 +136,15 @@ class MADE(AutoregressiveBernoulli):
     #: of the authors' code (mgermain/MADE): 8000 ReLU units, a random ordering (trainMADE.py
     #: shuffles before training) and direct input -> output weights. Germain et al. Table 6 also
     #: gives 89.59 (2 layers, 1 mask), 88.04 (1 layer, 32 masks) and 86.64 (2 layers, 32 masks).
-    #: They trained by Adagrad (0.01) with early stopping (look-ahead 30 epochs); here Adam.
+    #: They trained by Adagrad (0.01, no decay) with early stopping (look-ahead 30 epochs), as here.
     paper = dict(
         options=dict(hidden_sizes=[8000], ordering="random", direct=True),
-        recipe=dict(lr=1e-3, batch_size=100, epochs=200, early_stopping=30, fused=True),
+        recipe=dict(optimizer="adagrad", lr=0.01, lr_schedule="constant", batch_size=100, epochs=200,
+                    early_stopping=30, fused=True),
         published=dict(fixed=88.40, dynamic=84.87),
         citation="Germain et al. 2015, Table 6 (fixed); pytorch-generative README (dynamic, not verified here)",
-        note="1 hidden layer of 8000, 1 mask, random ordering, direct connections (the authors' code); "
-        "paper: Adagrad, look-ahead 30 epochs; ours: Adam",
+        note="1 hidden layer of 8000, 1 mask, random ordering, direct connections, Adagrad 0.01, look-ahead "
+        "30 epochs (the authors' code)",
     )
 
     def __init__(

@@ -121,9 +121,9 @@ def test_resume_refuses_other_settings(tmp_path):
         inference.fit(zoo.create("bernoulli", data_dim=5), binary_data(), run_dir=tmp_path, **{**SETTINGS, "lr": 0.1})
 
 
-@pytest.mark.parametrize("setting,other", [("weight_decay", 0.01), ("fused", True)])
+@pytest.mark.parametrize("setting,other", [("weight_decay", 0.01), ("fused", True), ("optimizer", "adagrad")])
 def test_a_checkpoint_written_before_a_setting_existed_resumes(tmp_path, setting, other):
-    """A setting added later (weight_decay, fused) is absent from older checkpoints, which ran
+    """A setting added later (weight_decay, fused, optimizer) is absent from older checkpoints, which ran
     with its default: they resume; a run with another value is refused."""
     x = binary_data()
     short = {**SETTINGS, "steps": 30}
@@ -138,11 +138,12 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes(tmp_path, setting
         inference.fit(zoo.create("bernoulli", data_dim=5), x, run_dir=tmp_path, **{**short, setting: other})
 
 
-def test_fused_adam_follows_the_default_adam_within_rounding_and_resumes(tmp_path):
-    """torch's fused kernel computes Adam's update in another order: the same trajectory to
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
+def test_fused_optimizer_follows_the_default_within_rounding_and_resumes(tmp_path, optimizer):
+    """torch's fused kernel computes the update in another order: the same trajectory to
     float rounding (not bit for bit), and a fused run resumes to its uninterrupted self."""
     x = binary_data()
-    settings = {**SETTINGS, "steps": 60, "weight_decay": 0.5}
+    settings = {**SETTINGS, "steps": 60, "weight_decay": 0.5, "optimizer": optimizer}
     runs = {}
     for fused in (False, True):
         model = zoo.create("made", data_dim=x.shape[1], hidden_sizes=(8,), seed=1)

@@ -414,3 +414,17 @@ def test_iwae_refuses_an_ambiguous_data_plate():
 
     with pytest.raises(ValueError, match="cannot tell the data plate"):
         inference.make_objective("iwae", num_particles=2, max_plate_nesting=2).differentiable_loss(model, guide, None)
+
+
+def test_adagrad_is_pyro_optims_adagrad():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    svi = SVI(coin_model, coin_guide, pyro.optim.Adagrad({"lr": 0.05}), Trace_ELBO())
+    for _ in range(100):
+        svi.step(COIN)
+    reference = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    got, result = fit_run(coin_model, COIN, coin_guide, steps=100, lr=0.05, optimizer="adagrad")
+    assert_same(got, reference)
+    assert result.settings["optimizer"] == "adagrad"
+    with pytest.raises(ValueError, match="optimizer must be one of adam, adagrad"):
+        inference.fit(coin_model, COIN, coin_guide, steps=2, optimizer="sgd", progress=False)
