@@ -302,23 +302,40 @@ def _device(config: dict) -> str:
 
 
 # ----- scoring ---------------------------------------------------------------------------
+def _selected_state(row: dict, workdir: Path):
+    """(step, module states) that early stopping selects so far: the best validation epoch's
+    parameters, for a row with ``early_stopping`` whose checkpoint holds them; else None."""
+    if not row["fit"].get("early_stopping"):
+        return None
+    best = inference.load_checkpoint(workdir / CHECKPOINT).get("best") or {}
+    return (int(best["step"]), best["state"]) if best.get("state") else None
+
+
 def score_row(row: dict, config: dict, workdir: Path, status: dict, test) -> dict | None:
-    """The test metrics of the run folder's checkpoint by the row's estimator (cached by step)."""
+    """The test metrics of the run folder's checkpoint by the row's estimator (cached by step).
+    A row with early stopping is scored at the parameters it selects so far (its best
+    validation epoch), as the finished run would be, also while it is partial."""
     step = _checkpoint_step(workdir)
     if step == 0:
         return None
-    key = dict(step=step, eval_options=row["eval_options"], test=f"{config['data']}/{config['binarize']}")
+    selected = _selected_state(row, workdir)
+    key = dict(step=step, eval_options=row["eval_options"], test=f"{config['data']}/{config['binarize']}",
+               scored_step=selected[0] if selected else step)
     cached = status.get("score")
     if cached and cached.get("key") == key:
         return cached["metrics"]
-    print(f"  scoring the checkpoint of step {step} on {len(test)} test images ({estimator(row)})", flush=True)
+    print(f"  scoring the checkpoint of step {step} on {len(test)} test images ({estimator(row)})"
+          + (f", at its best validation step {selected[0]}" if selected else ""), flush=True)
     model, _ = load_run(workdir)
+    if selected:
+        model.load_state_dict(selected[1]["model"])
     model.to(config["device"])
     model.eval()
     pyro.set_rng_seed(config["seed"] + 1)
     start = time.perf_counter()
     metrics = inference.evaluate(model, test, progress=config["progress"], desc=f"score {row['label']}", **row["eval_options"])
     metrics["seconds"] = round(time.perf_counter() - start, 1)
+    metrics["scored_step"] = key["scored_step"]
     status["score"] = dict(key=key, metrics=metrics)
     return metrics
 
@@ -360,6 +377,10 @@ def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
     )
     if not sessions and not step:
         out["note"] = "not run yet" + (f"; {out['note']}" if out["note"] else "")
+    if metrics and metrics.get("scored_step") not in (None, step):
+        out["scored_epoch"] = round(metrics["scored_step"] / per_epoch, 2)
+        out["note"] = (f"{out['note']}; " if out["note"] else "") + (
+            f"scored at its best validation epoch, {out['scored_epoch']:g}")
     if out["ours"] is not None and out["published"] is not None:
         out["difference"] = out["ours"] - out["published"]
     if partial and out["seconds_per_epoch"] and recipe_epochs:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 
 import torch
 from tqdm.auto import tqdm
@@ -105,6 +106,7 @@ class Checkpoint(Callback):
     def on_start(self, trainer):
         every = self.ckpt.every or max(trainer.total_steps // 10, 1)
         self.every = every
+        self.saved_at = time.monotonic()
         if trainer.is_main:
             self.ckpt.open()
         if self.ckpt.resume and self.ckpt.exists():
@@ -114,7 +116,10 @@ class Checkpoint(Callback):
             trainer.last_good = (trainer.done, str(self.ckpt.path))
 
     def wants_checkpoint(self, trainer):
-        return trainer.done % self.every == 0 or trainer.done == trainer.total_steps
+        if trainer.done % self.every == 0 or trainer.done == trainer.total_steps:
+            return True
+        seconds = self.ckpt.every_seconds
+        return trainer.ctx is None and seconds is not None and time.monotonic() - self.saved_at >= seconds
 
     def on_checkpoint(self, trainer):
         if not all_finite(trainer.step_obj.parameters()):
@@ -124,6 +129,7 @@ class Checkpoint(Callback):
         state = trainer.state_dict()  # every rank takes part (random states are gathered)
         if trainer.is_main:
             self.ckpt.save(state)
+        self.saved_at = time.monotonic()
         trainer.last_good = (trainer.done, str(self.ckpt.path))
 
     def on_close(self, trainer):
@@ -174,7 +180,10 @@ class MetricLogger(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop after ``patience`` epochs without a lower validation loss; restore the best."""
+    """Stop after ``patience`` epochs without a lower validation loss; restore the best.
+
+    Epochs, not validations: a long run validates every k-th epoch (``Trainer.log_every``),
+    and its patience is still counted in epochs since the best."""
 
     def __init__(self, patience: int):
         self.patience = patience
@@ -188,7 +197,7 @@ class EarlyStopping(Callback):
             state = {k: copy.deepcopy(m.state_dict()) for k, m in trainer.step_obj.modules.items()}
             self.best = {"val": val, "step": trainer.done, "bad_epochs": 0, "state": state}
         else:
-            self.best["bad_epochs"] += 1
+            self.best["bad_epochs"] = (trainer.done - self.best["step"]) / trainer.per_epoch
         if self.best["bad_epochs"] >= self.patience:
             trainer.stop_requested = trainer.stopped_early = True
             for k, m in trainer.step_obj.modules.items():

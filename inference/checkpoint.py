@@ -228,12 +228,18 @@ class Checkpointer:
 
     :param path: the checkpoint file; its folder is created on the first save.
     :param every: steps between checkpoints (None: a tenth of the run).
+    :param every_seconds: also checkpoint once this much wall time has passed since the last
+        checkpoint (default 600: a kill loses at most ten minutes of a long run; None: steps
+        only). A run of one process only: under torchrun the steps alone decide, so that every
+        rank takes part in the same checkpoints.
     :param resume: whether a checkpoint found at ``path`` is resumed (else it is replaced).
     """
 
-    def __init__(self, path: str | os.PathLike, *, every: int | None = None, resume: bool = True):
+    def __init__(self, path: str | os.PathLike, *, every: int | None = None, every_seconds: float | None = 600.0,
+                 resume: bool = True):
         self.path = Path(path)
         self.every = every
+        self.every_seconds = every_seconds
         self.resume = resume
         self.lock = FileLock(self.path.with_name(self.path.name + ".lock"))
 

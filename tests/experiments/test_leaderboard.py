@@ -160,3 +160,23 @@ def test_an_earlier_tables_rows_are_kept_where_this_run_has_none(data_dir, tmp_p
         LB.kept([], {**LB.CONFIG, "data": "mnist", "binarize": "dynamic", "keep_rows": str(earlier)})
     with pytest.raises(ValueError, match="not a leaderboard table"):
         LB.kept([], {**LB.CONFIG, "keep_rows": str(tmp_path / "missing.json")})
+
+
+def test_a_partial_row_with_early_stopping_is_scored_at_its_best_validation_epoch(data_dir, tmp_path):
+    """FVSBN's 307k weights overfit 60 rows at once: the validation loss is best early, and the
+    capped (partial) row is scored at that epoch's parameters, as the finished run would be."""
+    recipes = {"fvsbn": dict(fit=dict(epochs=30, batch_size=20, lr=0.05, early_stopping=25))}
+    cfg = config(data_dir, models=["fvsbn"], recipes=recipes, epochs=8)
+    (row,) = LB.run(cfg, tmp_path)["rows"]
+    folder = tmp_path / "binarized-mnist" / "fvsbn"
+    state = inference.load_checkpoint(folder / "checkpoint.pt")
+    assert row["partial"] and state["step"] == 8 * 3
+    assert state["best"]["step"] < state["step"], "the validation loss did not rise: no test of the selection"
+    model, _ = LB.load_run(folder)
+    test = LB.zoo.load("binarized_mnist", "test", root=data_dir)
+    last = inference.evaluate(model, test, progress=False)["nll"]
+    model.load_state_dict(state["best"]["state"]["model"])
+    best = inference.evaluate(model, test, progress=False)["nll"]
+    assert row["ours"] == pytest.approx(best, rel=1e-6) and row["ours"] != pytest.approx(last, rel=1e-6)
+    assert row["scored_epoch"] == state["best"]["step"] / 3
+    assert f"scored at its best validation epoch, {row['scored_epoch']:g}" in row["note"]

@@ -10,7 +10,7 @@ from pyro.nn import PyroParam
 
 import inference
 import zoo
-from inference.checkpoint import CHECKPOINT, METRICS
+from inference.checkpoint import CHECKPOINT, METRICS, Checkpointer
 from zoo.base import ZooModel, data_plate
 
 
@@ -247,6 +247,30 @@ def test_early_stopping_restores_best(tmp_path):
     assert result.val_losses[-1][1] > best
 
 
+def test_early_stopping_patience_counts_epochs_when_a_long_run_validates_every_few_epochs():
+    """A run of more than 100 epochs validates every k-th epoch: patience 3 with k = 2 stops at
+    the second validation without improvement (4 epochs since the best), not the third (6)."""
+    from types import SimpleNamespace
+
+    from inference.callbacks import EarlyStopping
+
+    module = torch.nn.Linear(1, 1)
+    trainer = SimpleNamespace(done=0, per_epoch=10, stop_requested=False, stopped_early=False,
+                              step_obj=SimpleNamespace(modules={"model": module}))
+    stopper = EarlyStopping(patience=3)
+    stopped_at = None
+    for epoch, val in [(2, 5.0), (4, 4.0), (6, 4.5), (8, 4.2), (10, 4.1), (12, 4.0)]:
+        trainer.done = epoch * trainer.per_epoch
+        with torch.no_grad():
+            module.weight.fill_(epoch)  # the parameters of this epoch
+        stopper.on_epoch_end(trainer, {"val_loss": val})
+        if trainer.stop_requested:
+            stopped_at = epoch
+            break
+    assert stopped_at == 8 and stopper.best["bad_epochs"] == 4
+    assert float(module.weight) == 4  # the best epoch's parameters are restored
+
+
 @pytest.mark.parametrize(
     "data, match",
     [
@@ -311,3 +335,21 @@ def test_validation_loss_for_an_enumerated_model():
     model = zoo.create("mixture", data_dim=4)
     result = inference.fit(model, x, val_data=binary_data(d=4, seed=1), steps=20, batch_size=50, progress=False)
     assert result.val_losses and all(math.isfinite(v) for _, v in result.val_losses)
+
+
+def test_a_checkpoint_is_also_written_after_its_wall_time_and_the_run_resumes_to_the_same_numbers(tmp_path):
+    """every_seconds bounds what a kill loses (here 0 s: a checkpoint after every step, where the
+    step count alone would save every 10); the extra checkpoints change no number."""
+    x = binary_data()
+    reference = zoo.create("bernoulli", data_dim=5)
+    full = inference.fit(reference, x, **SETTINGS)
+    model = zoo.create("bernoulli", data_dim=5)
+    path = tmp_path / CHECKPOINT
+    with pytest.raises(RuntimeError, match="killed"):
+        inference.fit(model, x, checkpoint=Checkpointer(path, every_seconds=0.0), guide=CrashAt(model, 35, _kill), **SETTINGS)
+    assert inference.load_checkpoint(path)["step"] == 34  # the step before the crash, not step 30
+    fresh = zoo.create("bernoulli", data_dim=5)
+    resumed = inference.fit(fresh, x, checkpoint=Checkpointer(path, every_seconds=0.0), **SETTINGS)
+    assert resumed.resumed_from == 34 and resumed.losses == full.losses
+    for k, v in params(reference).items():
+        assert torch.equal(params(fresh)[k], v), k
