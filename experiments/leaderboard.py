@@ -49,6 +49,9 @@ from experiments import plots
 from experiments.train import load_run, train_and_evaluate
 from inference.loop import CHECKPOINT
 
+#: a row's sessions (training time, steps, device) and its cached score, in its run folder
+STATUS = "leaderboard_status.json"
+
 __all__ = ["CONFIG", "RECIPES", "TINY", "resolve_rows", "run", "run_row", "table_markdown"]
 
 L_AND_M = "Larochelle & Murray 2011, Table 2"
@@ -280,18 +283,21 @@ def train_row(row: dict, config: dict, workdir: Path, status: dict, num_train: i
     caps += [f"at most {config['budget_minutes']} min"] if seconds is not None else []
     print(f"  training from epoch {done / per_epoch:g} of {row['fit'].get('epochs', '?')}"
           + (f" ({', '.join(caps)})" if caps else ""), flush=True)
-    start = time.perf_counter()
+    start, interrupted = time.perf_counter(), None
     try:
         with _capped(max_steps, seconds) as cap:
             metrics = train_and_evaluate(_train_config(row, config), workdir)
         status.update(finished=True, stopped_early=bool(metrics.get("stopped_early")))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if not cap["hit"]:
-            raise
+            interrupted = e
     after = _checkpoint_step(workdir)
     status.setdefault("sessions", []).append(dict(
         seconds=round(time.perf_counter() - start, 1), from_step=done, to_step=after, device=_device(config),
     ))
+    if interrupted is not None:  # Ctrl-C: the checkpoint is saved; keep this session's record too
+        (workdir / STATUS).write_text(json.dumps(status, indent=2) + "\n")
+        raise interrupted
     return status
 
 
@@ -343,7 +349,7 @@ def score_row(row: dict, config: dict, workdir: Path, status: dict, test) -> dic
 def run_row(row: dict, config: dict, workdir: Path, train_size: int, test) -> dict:
     """Train, score and tabulate one row; its status (sessions, score) lives in the run folder."""
     workdir = Path(workdir)
-    status_path = workdir / "leaderboard_status.json"
+    status_path = workdir / STATUS
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     if row["model"] not in zoo.available():
         return dict(_published(row, config), label=row["label"], model=row["model"], estimator=estimator(row),

@@ -180,3 +180,18 @@ def test_a_partial_row_with_early_stopping_is_scored_at_its_best_validation_epoc
     assert row["ours"] == pytest.approx(best, rel=1e-6) and row["ours"] != pytest.approx(last, rel=1e-6)
     assert row["scored_epoch"] == state["best"]["step"] / 3
     assert f"scored at its best validation epoch, {row['scored_epoch']:g}" in row["note"]
+
+
+def test_ctrl_c_in_a_row_keeps_the_sessions_record(data_dir, tmp_path, monkeypatch):
+    cfg = config(data_dir, models=["fvsbn"], epochs=1)
+    LB.run(cfg, tmp_path)  # one epoch: a checkpoint and one session
+    status = tmp_path / "binarized-mnist" / "fvsbn" / LB.STATUS
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LB, "train_and_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        LB.run({**cfg, "epochs": 2}, tmp_path)
+    sessions = json.loads(status.read_text())["sessions"]
+    assert [(s["from_step"], s["to_step"]) for s in sessions] == [(0, 3), (3, 3)]
