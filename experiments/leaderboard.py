@@ -390,7 +390,10 @@ def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
     if out["ours"] is not None and out["published"] is not None:
         out["difference"] = out["ours"] - out["published"]
     if partial and out["seconds_per_epoch"] and recipe_epochs:
-        out["budget_left_seconds"] = round(out["seconds_per_epoch"] * max(recipe_epochs - epochs, 0))
+        last = recipe_epochs
+        if out.get("scored_epoch") is not None and row["fit"].get("early_stopping"):
+            last = min(last, out["scored_epoch"] + row["fit"]["early_stopping"])  # at most: no better epoch comes
+        out["budget_left_seconds"] = round(out["seconds_per_epoch"] * max(last - epochs, 0))
     return out
 
 
@@ -440,7 +443,8 @@ def notes_markdown(rows: list[dict]) -> str:
         parts = [r["note"]] if r.get("note") else []
         if r.get("budget_left_seconds") is not None:
             parts.append(f"{r['seconds_per_epoch']:.1f} s/epoch measured here; the recipe needs "
-                         f"{r['budget_left_seconds'] / 3600:.1f} h more at that rate")
+                         f"{r['budget_left_seconds'] / 3600:.1f} h more at that rate"
+                         + (" (early stopping's look-ahead, if no better epoch comes)" if r.get("scored_epoch") is not None else ""))
         if r.get("difference") is not None:
             d = r["difference"]
             parts.append(f"{-d:.2f} nats below (better than) the published figure" if d < -0.5

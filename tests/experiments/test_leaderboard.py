@@ -180,6 +180,9 @@ def test_a_partial_row_with_early_stopping_is_scored_at_its_best_validation_epoc
     assert row["ours"] == pytest.approx(best, rel=1e-6) and row["ours"] != pytest.approx(last, rel=1e-6)
     assert row["scored_epoch"] == state["best"]["step"] / 3
     assert f"scored at its best validation epoch, {row['scored_epoch']:g}" in row["note"]
+    # what is left is the look-ahead after the best epoch (25 epochs), not the recipe's 30
+    left = min(30, row["scored_epoch"] + 25) - 8
+    assert row["budget_left_seconds"] == round(row["seconds_per_epoch"] * left)
 
 
 def test_ctrl_c_in_a_row_keeps_the_sessions_record(data_dir, tmp_path, monkeypatch):
