@@ -50,61 +50,88 @@ __all__ = ["MADE", "MaskedMLP"]
 
 
 class MaskedMLP(torch.nn.Module):
-    """A ReLU MLP whose weights are multiplied by one of K stored masks (plain PyTorch).
+    """A ReLU MLP whose weights are multiplied by one of K masks (plain PyTorch).
 
-    ``forward(x, k)`` uses mask set k. Masks are buffers of shape (K, out, in).
+    The masks are kept as the units' degrees, buffers ``degrees{l}`` of shape (K, h_l) with
+    layer 0 the inputs' positions d(i) (a few KB; K full masks of 8000 x 8000 would be 8 GB a
+    layer, in every checkpoint). With K = 1 the masks are built once (buffers that are not
+    saved); with K > 1 mask set k is built on each ``forward(x, k)``.
     """
 
-    def __init__(self, sizes: tuple[int, ...], masks: list[torch.Tensor], seed: int = 0, direct_mask=None):
+    def __init__(self, sizes: tuple[int, ...], degrees: list[torch.Tensor], seed: int = 0, direct: bool = False):
         super().__init__()
         g = torch.Generator().manual_seed(int(seed))
         self.weights = torch.nn.ParameterList()
         self.biases = torch.nn.ParameterList()
-        for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = 1 / math.sqrt(fan_in)  # torch.nn.Linear's initialisation
             self.weights.append(torch.nn.Parameter((torch.rand(fan_out, fan_in, generator=g) * 2 - 1) * bound))
             self.biases.append(torch.nn.Parameter((torch.rand(fan_out, generator=g) * 2 - 1) * bound))
-            self.register_buffer(f"mask{l}", masks[l])
+        for l, d in enumerate(degrees):  # (K, h_l): inputs' positions, then each hidden layer's degrees
+            self.register_buffer(f"degrees{l}", d)
         self.num_layers = len(sizes) - 1
-        self.direct = None  # the masked input -> output weights (K, n, n masks), zero at the start
-        if direct_mask is not None:
+        self.num_masks = len(degrees[0])
+        self.direct = None  # the masked input -> output weights, zero at the start
+        if direct:
             self.direct = torch.nn.Parameter(torch.zeros(sizes[-1], sizes[0]))
-            self.register_buffer("direct_mask", direct_mask)
+        if self.num_masks == 1:
+            for l, m in enumerate(self._build(0)):
+                self.register_buffer(f"mask{l}", m, persistent=False)
+
+    def _build(self, k: int) -> list[torch.Tensor]:
+        d = [getattr(self, f"degrees{l}")[k] for l in range(self.num_layers)]
+        masks = [(d_out[:, None] >= d_in[None, :]).float() for d_in, d_out in zip(d[:-1], d[1:])]
+        masks.append((d[0][:, None] > d[-1][None, :]).float())  # output i sees degrees below d(i)
+        if self.direct is not None:
+            masks.append((d[0][:, None] > d[0][None, :]).float())  # FVSBN's strictly-earlier inputs
+        return masks
 
     def masks(self, k: int = 0) -> list[torch.Tensor]:
-        return [getattr(self, f"mask{l}")[k] for l in range(self.num_layers)]
+        """Mask set k: one (out, in) mask per layer, then the direct weights' (n, n) if any."""
+        if self.num_masks == 1:
+            return [getattr(self, f"mask{l}") for l in range(self.num_layers + (self.direct is not None))]
+        return self._build(k)
 
     def forward(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
+        masks = self.masks(k)
         h = x
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = F.linear(h, w * getattr(self, f"mask{l}")[k], b)
+            h = F.linear(h, w * masks[l], b)
             if l < self.num_layers - 1:
                 h = F.relu(h)
         if self.direct is not None:
-            h = h + F.linear(x, self.direct * self.direct_mask[k])
+            h = h + F.linear(x, self.direct * masks[-1])
         return h
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # files written before the masks were rebuilt from degrees hold them as buffers: they
+        # are dropped once checked against the masks these degrees give
+        old_keys = [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".")[0]
+                    in {f"mask{l}" for l in range(self.num_layers)} | {"direct_mask"}]
+        for l in range(self.num_layers if old_keys else 0):  # such files hold no degrees: this model's,
+            state_dict.setdefault(f"{prefix}degrees{l}", getattr(self, f"degrees{l}"))  # checked below
+        for key in old_keys:
+            stored = state_dict.pop(key)
+            name = key[len(prefix):]
+            index = self.num_layers if name == "direct_mask" else int(name[4:])
+            built = torch.stack([self._build(k)[index] for k in range(self.num_masks)])
+            if not torch.equal(stored.to(built), built):
+                raise RuntimeError(f"{key} of the file is not the mask of this model's degrees")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-def made_masks(ordering: torch.Tensor, hidden_sizes: tuple[int, ...], generator: torch.Generator) -> list[torch.Tensor]:
-    """Masks (out, in) of each layer for one ordering, hidden degrees drawn with ``generator``."""
+
+def made_degrees(ordering: torch.Tensor, hidden_sizes: tuple[int, ...], generator: torch.Generator) -> list[torch.Tensor]:
+    """Degrees of one mask set: the inputs' positions d(i), then each hidden layer's degrees
+    m_l(k) drawn uniformly from {min m_{l-1}, ..., n - 2} with ``generator``."""
     n = len(ordering)
-    position = torch.argsort(ordering)  # d(i): position of pixel i in the ordering
-    degrees = [position]
+    degrees = [torch.argsort(ordering)]  # d(i): position of pixel i in the ordering
     for size in hidden_sizes:
         low = int(degrees[-1].min())
         if n - 2 >= low:
             degrees.append(torch.randint(low, n - 1, (size,), generator=generator))
         else:  # n = 1: nothing to condition on; the hidden units reach no output
             degrees.append(torch.full((size,), n - 1))
-    masks = [(d_out[:, None] >= d_in[None, :]).float() for d_in, d_out in zip(degrees[:-1], degrees[1:])]
-    masks.append((position[:, None] > degrees[-1][None, :]).float())
-    return masks
-
-
-def direct_mask(ordering: torch.Tensor) -> torch.Tensor:
-    """(n, n) mask of the direct input -> output weights: [d(i) > d(j)], FVSBN's connectivity."""
-    position = torch.argsort(ordering)
-    return (position[:, None] > position[None, :]).float()
+    return degrees
 
 
 class MADE(AutoregressiveBernoulli):
@@ -168,13 +195,12 @@ class MADE(AutoregressiveBernoulli):
         orderings = [first] + [
             torch.randperm(n, generator=g) if self.order_agnostic else first for _ in range(self.num_masks - 1)
         ]
-        per_mask = [made_masks(o, self.hidden_sizes, g) for o in orderings]
-        masks = [torch.stack([m[l] for m in per_mask]) for l in range(len(self.hidden_sizes) + 1)]
+        per_mask = [made_degrees(o, self.hidden_sizes, g) for o in orderings]
+        degrees = [torch.stack([d[l] for d in per_mask]) for l in range(len(self.hidden_sizes) + 1)]
         self._set_ordering(first)
         self.register_buffer("orderings", torch.stack(orderings))
         self.direct = bool(direct)
-        direct_masks = torch.stack([direct_mask(o) for o in orderings]) if self.direct else None
-        self.net = MaskedMLP((n, *self.hidden_sizes, n), masks, seed=seed, direct_mask=direct_masks)
+        self.net = MaskedMLP((n, *self.hidden_sizes, n), degrees, seed=seed, direct=self.direct)
         if self.num_masks > 1:  # a mask drawn per step: not a static graph, so no jit replay
             self.fit_defaults = {**type(self).fit_defaults, "compile": "none"}
 
@@ -234,6 +260,8 @@ class MADE(AutoregressiveBernoulli):
     def num_connected_parameters(self) -> int:
         """Weights that at least one mask keeps, plus all biases."""
         net = self.net
-        kept = sum(int(getattr(net, f"mask{l}").amax(0).sum()) for l in range(net.num_layers))
-        kept += int(net.direct_mask.amax(0).sum()) if self.direct else 0
+        union = [m.clone() for m in net.masks(0)]
+        for k in range(1, self.num_masks):
+            union = [torch.maximum(u, m) for u, m in zip(union, net.masks(k))]
+        kept = sum(int(u.sum()) for u in union)
         return kept + sum(b.numel() for b in net.biases)

@@ -204,12 +204,12 @@ def test_made_masked_weights_get_no_gradient_and_connected_count(direct):
     model.log_prob(toy_data(n, 16)).sum().backward()
     connected = 0
     for l, w in enumerate(model.net.weights):
-        mask = getattr(model.net, f"mask{l}")[0]
+        mask = model.net.masks(0)[l]
         assert torch.all(w.grad[mask == 0] == 0)
         connected += int(mask.sum())
     connected += sum(b.numel() for b in model.net.biases)
     if direct:  # FVSBN's strictly-earlier connectivity: n(n-1)/2 weights, which get the gradient
-        mask = model.net.direct_mask[0]
+        mask = model.net.masks(0)[-1]
         assert int(mask.sum()) == n * (n - 1) // 2
         assert torch.all(model.net.direct.grad[mask == 0] == 0) and model.net.direct.grad[mask == 1].abs().sum() > 0
         connected += int(mask.sum())
@@ -544,3 +544,25 @@ def test_made_ensemble_of_the_first_masks_is_normalised():
     assert torch.allclose(model.log_prob(x, num_masks=1), model.component_log_probs(x)[0])
     with pytest.raises(ValueError, match="num_masks"):
         model.log_prob(x, num_masks=6)
+
+
+@pytest.mark.parametrize("num_masks", [1, 3])
+def test_made_files_hold_degrees_not_masks_and_older_files_with_masks_load(num_masks):
+    """A state dict keeps the units' degrees (K x h integers), not K dense masks (8 GB a layer
+    at 8000 x 8000 with 32 masks); a file of the former layout, masks included, still loads,
+    and one whose masks are not this model's is refused."""
+    n = 7
+    model = MADE(n, hidden_sizes=(9, 5), ordering="random", num_masks=num_masks, order_agnostic=True, direct=True, seed=4)
+    state = model.state_dict()
+    assert not any("mask" in k for k in state) and state["net.degrees1"].shape == (num_masks, 9)
+    old = {k: v for k, v in state.items() if "degrees" not in k}  # the former layout: (K, out, in) float masks
+    for l in range(3):
+        old[f"net.mask{l}"] = torch.stack([model.net.masks(k)[l] for k in range(num_masks)])
+    old["net.direct_mask"] = torch.stack([model.net.masks(k)[-1] for k in range(num_masks)])
+    fresh = MADE(n, hidden_sizes=(9, 5), ordering="random", num_masks=num_masks, order_agnostic=True, direct=True, seed=4)
+    fresh.load_state_dict(old)
+    x = toy_data(n, 8)
+    assert torch.equal(fresh.log_prob(x), model.log_prob(x))
+    old["net.mask1"] = 1 - old["net.mask1"]
+    with pytest.raises(RuntimeError, match="net.mask1 of the file is not the mask of this model's degrees"):
+        fresh.load_state_dict(old)
