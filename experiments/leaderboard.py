@@ -551,7 +551,7 @@ def kept(rows: list[dict], config: dict) -> list[dict]:
     current = {r["label"]: recipe_of(r) for r in resolve_rows({**config, "models": None})}
     extra = []
     for r in (r for r in old_rows if r["label"] not in have):
-        if current.get(r["label"]) != r.get("recipe"):  # another recipe's number is no row of this table
+        if r["label"] not in current or current[r["label"]] != r.get("recipe"):  # another recipe's number is no row here
             print(f"keep_rows: not keeping {r['label']!r}: its recipe is not this table's", flush=True)
             continue
         note = str(r.get("note") or "")

@@ -156,6 +156,11 @@ def test_an_earlier_tables_rows_are_kept_where_this_run_has_none(data_dir, tmp_p
     changed = config(data_dir, keep_rows=str(earlier))
     changed["recipes"]["vae"]["options"] = dict(hidden=[8], latent_dim=2)
     assert [r["label"] for r in LB.kept([], changed)] == ["fvsbn"]
+    # nor is a row whose label no longer has a recipe (its JSON records none, like the label)
+    table = json.loads(earlier.read_text())
+    table["rows"].append(dict(table["rows"][0], label="made-weight-decay", recipe=None))
+    earlier.write_text(json.dumps(table))
+    assert "made-weight-decay" not in [r["label"] for r in LB.kept([], config(data_dir, keep_rows=str(earlier)))]
     with pytest.raises(ValueError, match="is a table of binarized-mnist .seed 0., not of mnist-dynamic"):
         LB.kept([], {**LB.CONFIG, "data": "mnist", "binarize": "dynamic", "keep_rows": str(earlier)})
     with pytest.raises(ValueError, match="not a leaderboard table"):
