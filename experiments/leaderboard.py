@@ -528,7 +528,7 @@ def recipe_of(row: dict) -> dict:
     return json.loads(json.dumps({k: row.get(k) for k in keys}, default=str))
 
 
-def kept(rows: list[dict], config: dict) -> list[dict]:
+def kept(rows: list[dict], config: dict, say: bool = False) -> list[dict]:
     """``rows`` with the rows of ``config["keep_rows"]`` (an earlier table's .json, e.g. another
     machine's) that ``rows`` lacks, in the recipes' order; each kept row says where it came from.
     A row is kept only if it records the recipe (:func:`recipe_of`) that its label has now.
@@ -552,7 +552,8 @@ def kept(rows: list[dict], config: dict) -> list[dict]:
     extra = []
     for r in (r for r in old_rows if r["label"] not in have):
         if r["label"] not in current or current[r["label"]] != r.get("recipe"):  # another recipe's number is no row here
-            print(f"keep_rows: not keeping {r['label']!r}: its recipe is not this table's", flush=True)
+            if say:
+                print(f"keep_rows: not keeping {r['label']!r}: its recipe is not this table's", flush=True)
             continue
         note = str(r.get("note") or "")
         if not note.startswith("kept from"):  # kept twice: it says so once
@@ -576,7 +577,7 @@ def run(config: dict, workdir) -> dict:
         print(f"[leaderboard {i + 1}/{len(todo)}] {row['label']}: train and score", flush=True)
         rows.append(run_row(row, config, workdir / data_key(config) / row["label"], train_size, test))
         _write(kept(rows, config), config, workdir, time.perf_counter() - started)  # the table so far survives a kill
-    rows = kept(rows, config)
+    rows = kept(rows, config, say=True)
     text = _write(rows, config, workdir, time.perf_counter() - started)
     print(text)
     return dict(rows=rows, table=str(workdir / f"leaderboard-{data_key(config)}.md"))
