@@ -472,8 +472,9 @@ def figure(rows: list[dict], path, title: str) -> Path:
         if r.get("difference") is not None:
             dx.barh(i, r["difference"], color="tab:orange" if r["difference"] > 0.5 else "tab:green",
                     alpha=0.5 if r.get("partial") else 0.9)
-            dx.annotate(f"{r['difference']:+.2f}", (r["difference"], i), xytext=(3, 0), textcoords="offset points",
-                        va="center", fontsize=8)
+            left = r["difference"] < 0  # the label beyond the bar's end, on its side
+            dx.annotate(f"{r['difference']:+.2f}", (r["difference"], i), xytext=(-3 if left else 3, 0),
+                        textcoords="offset points", va="center", ha="right" if left else "left", fontsize=8)
     ax.scatter([], [], s=45, color="tab:blue", label="ours (finished)")
     ax.scatter([], [], s=45, facecolors="white", edgecolors="tab:blue", label="ours (partial)")
     ax.scatter([], [], marker="x", color="black", label="published")
