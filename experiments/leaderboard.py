@@ -381,7 +381,8 @@ def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
         score_seconds=metrics.get("seconds") if metrics else None,
         device=", ".join(dict.fromkeys(s["device"] for s in sessions)) or None, note=row.get("note"),
     )
-    if not sessions and not step:
+    out["run"] = bool(sessions or step)
+    if not out["run"]:
         out["note"] = "not run yet" + (f"; {out['note']}" if out["note"] else "")
     if metrics and metrics.get("scored_step") not in (None, step):
         out["scored_epoch"] = round(metrics["scored_step"] / per_epoch, 2)
@@ -532,7 +533,8 @@ def recipe_of(row: dict) -> dict:
 def kept(rows: list[dict], config: dict, say: bool = False) -> list[dict]:
     """``rows`` with the rows of ``config["keep_rows"]`` (an earlier table's .json, e.g. another
     machine's) that ``rows`` lacks, in the recipes' order; each kept row says where it came from.
-    A row is kept only if it records the recipe (:func:`recipe_of`) that its label has now.
+    A row is kept only if it records the recipe (:func:`recipe_of`) that its label has now; it
+    replaces a row that this invocation lists but has not run (no run folder here).
 
     :raises ValueError: the file is missing or unreadable, or its table is of other data.
     """
@@ -548,7 +550,7 @@ def kept(rows: list[dict], config: dict, say: bool = False) -> list[dict]:
     if data_key(their) != data_key(config) or their["seed"] != config["seed"]:
         raise ValueError(f"keep_rows: {path} is a table of {data_key(their)} (seed {their['seed']}), "
                          f"not of {data_key(config)} (seed {config['seed']})")
-    have = {r["label"] for r in rows}
+    have = {r["label"] for r in rows if r.get("run", True)}  # a row not run here may be kept
     current = {r["label"]: recipe_of(r) for r in resolve_rows({**config, "models": None})}
     extra = []
     for r in (r for r in old_rows if r["label"] not in have):
@@ -561,7 +563,8 @@ def kept(rows: list[dict], config: dict, say: bool = False) -> list[dict]:
             note = f"kept from {path.name} (not rerun in this invocation)" + (f"; {note}" if note else "")
         extra.append(dict(r, note=note))
     order = {label: i for i, label in enumerate(RECIPES)}
-    return sorted(rows + extra, key=lambda r: order.get(r["label"], len(order)))
+    replaced = {r["label"] for r in extra}
+    return sorted([r for r in rows if r["label"] not in replaced] + extra, key=lambda r: order.get(r["label"], len(order)))
 
 
 def run(config: dict, workdir) -> dict:

@@ -148,6 +148,12 @@ def test_an_earlier_tables_rows_are_kept_where_this_run_has_none(data_dir, tmp_p
     assert not rows["fvsbn"]["note"].startswith("kept")  # rerun here: this run's row
     md = (tmp_path / "b" / "leaderboard-binarized-mnist.md").read_text()
     assert "**vae**: kept from" in md
+    # a row listed but not run here (no run folder, --train False) gives way to the kept one
+    listed = {r["label"]: r for r in LB.run(config(data_dir, train=False, keep_rows=str(earlier)), tmp_path / "c")["rows"]}
+    before = {r["label"]: r for r in first["rows"]}
+    assert list(listed) == ["fvsbn", "made-32-masks", "vae"]
+    assert listed["fvsbn"]["ours"] == before["fvsbn"]["ours"] and listed["vae"]["ours"] == before["vae"]["ours"]
+    assert listed["made-32-masks"]["ours"] is None and not listed["made-32-masks"]["run"]
     # kept again from the merged table: the provenance is said once
     third = LB.kept([], config(data_dir, keep_rows=str(tmp_path / "b" / "leaderboard-binarized-mnist.json")))
     assert [r["label"] for r in third] == ["fvsbn", "made-32-masks", "vae"]
