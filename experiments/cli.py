@@ -37,6 +37,8 @@ __all__ = ["main"]
 OBJECTIVE_NAMES = ("elbo", "meanfield", "enum", "iwae", "renyi", "jit_elbo", "jit_meanfield", "jit_enum", "jit_iwae", "jit_renyi")
 #: the built-in data sets of zoo.data.DATASETS (checked against it by the tests)
 DATA_NAMES = ("digits", "digits_labels", "mnist", "fashion_mnist", "binarized_mnist")
+#: the schedules of inference.loop.LR_SCHEDULES (checked against it by the tests)
+LR_SCHEDULES = ("cosine", "constant", "staged")
 GUIDE_EXAMPLES = "auto_normal, auto_delta, auto_mvn, auto_diagonal_normal, auto_lowrank_mvn"
 
 
@@ -131,7 +133,8 @@ def _parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str,
     t.add_argument("--lr", type=float, help="Adam's initial learning rate (cosine-decayed to 1%%; default 1e-3 "
                    "or the model's)")
     t.add_argument("--optimizer", choices=("adam", "adagrad"), help="torch's Adam (default) or Adagrad")
-    t.add_argument("--lr-schedule", choices=("cosine", "constant"), help="cosine decay to 1%% (default) or constant")
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="cosine decay to 1%% (default), constant, or staged (Burda et al. 2016's: lr*10^(-i/7) for 3^i parts)")
     t.add_argument("--num-particles", type=int, metavar="K", help="guide draws per step; K of iwae/renyi (default 1)")
     t.add_argument("--weight-decay", type=float, metavar="W", help="Adam's L2 penalty on every parameter (default 0)")
     t.add_argument("--fused", action="store_true", default=None,

@@ -35,6 +35,8 @@ CONFIG = dict(
     optimizer=None,
     lr=None,
     lr_schedule=None,
+    betas=None,
+    eps=None,
     num_particles=None,
     weight_decay=None,
     fused=None,
@@ -52,7 +54,7 @@ DERIVED = ("image_shape", "model_path", "support")
 
 EVAL_LEVELS = ("none", "nll", "all")
 
-FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "optimizer", "lr", "lr_schedule", "num_particles", "weight_decay", "fused", "early_stopping")
+FIT_KEYS = ("objective", "guide", "steps", "epochs", "batch_size", "optimizer", "lr", "lr_schedule", "betas", "eps", "num_particles", "weight_decay", "fused", "early_stopping")
 
 
 def resolve(config: dict) -> dict:

@@ -140,7 +140,7 @@ class Checkpoint(Callback):
 #: settings that do not change the numbers a run computes: a run may resume with others
 FREE_SETTINGS = frozenset({"compile"})
 #: settings added after checkpoints were written: a checkpoint without one ran with this value
-ADDED_SETTINGS = {"weight_decay": 0.0, "fused": False, "optimizer": "adam"}
+ADDED_SETTINGS = {"weight_decay": 0.0, "fused": False, "optimizer": "adam", "eps": 1e-8}
 
 
 def _check_settings(saved, current: dict, path) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "FitResult",
     "Interrupted",
     "Minibatches",
+    "LR_SCHEDULES",
     "Schedule",
     "Trainer",
     "batch_indices",
@@ -111,14 +112,27 @@ class EpochData(Protocol):
 
 
 # ----- schedule and minibatches ---------------------------------------------------------
+#: the learning-rate schedules :func:`lr_at` knows
+LR_SCHEDULES = ("cosine", "constant", "staged")
+#: ``"staged"``: Burda et al. (2016)'s, 8 stages of 3^i parts at ``lr * 10**(-i / 7)``
+STAGES, STAGE_DECAY = 8, 10 ** (-1 / 7)
+
+
 def lr_at(step: int, total: int, lr: float, schedule: str, final_fraction: float) -> float:
-    """The learning rate of ``step``: constant, or cosine-decayed to ``final_fraction * lr``."""
+    """The learning rate of ``step`` of ``total``: ``"constant"``; ``"cosine"``, decayed to
+    ``final_fraction * lr``; or ``"staged"``, Burda et al. (2016)'s for the IWAE: stage
+    i = 0..7 takes 3^i parts of the run's 3280 (3^i passes of a 3280-epoch run) at
+    ``lr * 10**(-i / 7)``, so the last, longest stage runs at ``lr / 10``."""
     if schedule == "constant" or total <= 1:
         return lr
     if schedule == "cosine":
         t = min(step / (total - 1), 1.0)
         return lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
-    raise ValueError(f"unknown lr_schedule {schedule!r}; choose 'cosine' or 'constant'")
+    if schedule == "staged":  # stage i ends where step / total = (3^(i+1) - 1) / (3^8 - 1), in integers
+        parts = 3**STAGES - 1
+        stage = next((i for i in range(STAGES) if step * parts < total * (3 ** (i + 1) - 1)), STAGES - 1)
+        return lr * STAGE_DECAY**stage
+    raise ValueError(f"unknown lr_schedule {schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass(frozen=True)

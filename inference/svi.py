@@ -35,7 +35,7 @@ from pyro.poutine.util import site_is_subsample
 from inference import callbacks as cb
 from inference import distributed as ddp
 from inference.checkpoint import CHECKPOINT, METRICS, Checkpointer, MetricLog
-from inference.loop import EpochData, FitResult, Minibatches, Schedule, Trainer, epoch_permutation
+from inference.loop import LR_SCHEDULES, EpochData, FitResult, Minibatches, Schedule, Trainer, epoch_permutation
 from inference.objectives import Traced, make_objective
 from zoo.base import ZooModel
 from zoo.data import DataError
@@ -67,6 +67,7 @@ DEFAULTS = dict(
     optimizer="adam",
     lr=1e-3,
     betas=(0.9, 0.999),
+    eps=1e-8,
     lr_schedule="cosine",
     final_lr_fraction=0.01,
     num_particles=1,
@@ -155,8 +156,10 @@ def check_settings(s: dict, *, lr_may_be_zero: bool = False) -> dict:
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), got {s.get('betas')!r}")
     s["betas"] = betas
-    if s["lr_schedule"] not in ("cosine", "constant"):
-        raise ValueError(f"unknown lr_schedule {s['lr_schedule']!r}; choose 'cosine' or 'constant'")
+    if not isinstance(s.get("eps", 1e-8), (int, float)) or not float(s.get("eps", 1e-8)) > 0:
+        raise ValueError(f"eps must be a positive number (Adam's), got {s.get('eps')!r}")
+    if s["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {s['lr_schedule']!r}; choose from {', '.join(LR_SCHEDULES)}")
     if not 0 <= float(s["final_lr_fraction"]) <= 1:
         raise ValueError(f"final_lr_fraction must be in [0, 1], got {s['final_lr_fraction']!r}")
     if s["compile"] in (None, False):  # a model's fit_defaults may opt out so
@@ -332,7 +335,7 @@ class SVIStep:
 
     def __init__(self, model, guide, objective, *, modules: dict, lr: float, betas=(0.9, 0.999),
                  clip_norm=None, scale: float = 1.0, capture: bool = True, validate_first: bool = False,
-                 weight_decay: float = 0.0, fused: bool = False, optimizer: str = "adam"):
+                 weight_decay: float = 0.0, fused: bool = False, optimizer: str = "adam", eps: float = 1e-8):
         self.objective = objective
         self._condition: dict = {}
         if capture:  # plain path: the step's plate indices apply to model and guide
@@ -340,7 +343,7 @@ class SVIStep:
             guide = _FixIndices(self._condition)(guide)
         self.loss = objective(model, guide)  # Pyro's ELBOModule
         self.modules = modules
-        self.lr, self.betas, self.clip = lr, tuple(betas), clip_norm
+        self.lr, self.betas, self.eps, self.clip = lr, tuple(betas), float(eps), clip_norm
         self.weight_decay = float(weight_decay)
         # torch's multi-tensor Adam: the per-parameter Adams of pyro.optim, bit for bit, faster on
         # CPU (where torch's default is one tensor at a time); fused: torch's one-kernel Adam
@@ -384,12 +387,12 @@ class SVIStep:
             self.params.append(p)
         if self.optimizer is not None:
             self.optimizer.add_param_group({"params": new, "lr": self._lr_now, "weight_decay": self.weight_decay,
-                                            **({"betas": self.betas} if self.kind == "adam" else {})})
+                                            **({"betas": self.betas, "eps": self.eps} if self.kind == "adam" else {})})
 
     def _build(self):
         if self.optimizer is None and self.params:
             if self.kind == "adam":
-                self.optimizer = torch.optim.Adam(self.params, lr=self._lr_now, betas=self.betas,
+                self.optimizer = torch.optim.Adam(self.params, lr=self._lr_now, betas=self.betas, eps=self.eps,
                                                   weight_decay=self.weight_decay, **self.impl)
             else:
                 self.optimizer = torch.optim.Adagrad(self.params, lr=self._lr_now, weight_decay=self.weight_decay, **self.impl)
@@ -509,8 +512,9 @@ def fit(model, data=None, guide=None, **settings) -> FitResult:
     * ``steps`` or ``epochs`` (not both); with neither, 20 epochs and at least
       ``min_steps`` (2000) steps. ``batch_size`` (a ZooModel's minibatch).
     * ``optimizer``: ``"adam"`` (default) or ``"adagrad"`` (torch's, as Germain et al. train MADE);
-      ``lr``, ``betas`` (Adam's); ``lr_schedule`` ``"cosine"`` (default, decays to
-      ``final_lr_fraction * lr``) or ``"constant"``; ``clip_norm``; ``num_particles``;
+      ``lr``, ``betas`` and ``eps`` (Adam's); ``lr_schedule`` ``"cosine"`` (default, decays to
+      ``final_lr_fraction * lr``), ``"constant"`` or ``"staged"`` (Burda et al. 2016's: 8 stages of
+      3^i parts of the run at ``lr * 10**(-i/7)``, see :func:`inference.loop.lr_at`); ``clip_norm``; ``num_particles``;
       ``weight_decay`` (Adam's L2 penalty on every parameter, as ``torch.optim.Adam``; default 0).
       The loss is the data set's negative ELBO, not a per-example mean: a weight decay ``w``
       tuned on a mean loss over N examples is ``w * N`` here (a Gaussian prior of precision
@@ -658,6 +662,7 @@ def _zoo_program(model, data, guide, settings, run, device, ctx, rank, world):
     step = SVIStep(model.model, guide, elbo, modules=modules, lr=settings["lr"], betas=settings["betas"],
                    clip_norm=settings["clip_norm"], scale=num_data, capture=not traced,
                    weight_decay=settings["weight_decay"], fused=settings["fused"], optimizer=settings["optimizer"],
+                   eps=settings["eps"],
                    validate_first=not traced and not run["validate"])
     if traced:
         if not step.params:
@@ -760,6 +765,7 @@ def _plain_program(model, data, guide, settings, run, device, ctx, rank, world):
     step = SVIStep(model, guide, elbo, modules=modules, lr=settings["lr"], betas=settings["betas"],
                    clip_norm=settings["clip_norm"], scale=1.0, capture=True,
                    weight_decay=settings["weight_decay"], fused=settings["fused"], optimizer=settings["optimizer"],
+                   eps=settings["eps"],
                    validate_first=not run["validate"])
     extra = dict(model=getattr(model, "__qualname__", type(model).__name__), plates=sorted(plates),
                  compile="jit" if traced else "none")

@@ -291,6 +291,7 @@ def test_static_lists_match_the_packages():
 
     assert set(cli.OBJECTIVE_NAMES) == set(inference.OBJECTIVES)
     assert set(cli.DATA_NAMES) == set(zoo.DATASETS)
+    assert set(cli.LR_SCHEDULES) == set(inference.loop.LR_SCHEDULES)
     assert set(cli._model_catalogue()) == set(zoo.available())
 
 

@@ -109,6 +109,14 @@ def test_rows_come_from_the_recipes_and_a_class_paper(monkeypatch):
     assert rows["nade"]["published"] == {"fixed": (80.0, "Someone 2030")}
 
 
+def test_a_new_label_names_its_model_in_the_recipes():
+    """``--set "recipes={'fvsbn-wd': {'model': 'fvsbn', ...}}"`` adds a row of a registered model
+    under a new label (a variant to compare), trained by that model with the given settings."""
+    cfg = {**LB.CONFIG, "models": ["fvsbn-wd"], "recipes": {"fvsbn-wd": dict(model="fvsbn", fit=dict(weight_decay=2.0))}}
+    (row,) = LB.resolve_rows(cfg)
+    assert row["label"] == "fvsbn-wd" and row["model"] == "fvsbn" and row["fit"] == dict(weight_decay=2.0)
+
+
 def test_experiment_flags_become_config_entries():
     assert _flags(["--data", "mnist", "--binarize=dynamic", "--budget-minutes", "5", "--epochs", "3"]) == dict(
         data="mnist", binarize="dynamic", budget_minutes=5, epochs=3)

@@ -7,6 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.nn import PyroParam
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import inference
 import zoo
@@ -121,7 +122,7 @@ def test_resume_refuses_other_settings(tmp_path):
         inference.fit(zoo.create("bernoulli", data_dim=5), binary_data(), run_dir=tmp_path, **{**SETTINGS, "lr": 0.1})
 
 
-@pytest.mark.parametrize("setting,other", [("weight_decay", 0.01), ("fused", True), ("optimizer", "adagrad")])
+@pytest.mark.parametrize("setting,other", [("weight_decay", 0.01), ("fused", True), ("optimizer", "adagrad"), ("eps", 1e-4)])
 def test_a_checkpoint_written_before_a_setting_existed_resumes(tmp_path, setting, other):
     """A setting added later (weight_decay, fused, optimizer) is absent from older checkpoints, which ran
     with its default: they resume; a run with another value is refused."""
@@ -353,3 +354,30 @@ def test_a_checkpoint_is_also_written_after_its_wall_time_and_the_run_resumes_to
     assert resumed.resumed_from == 34 and resumed.losses == full.losses
     for k, v in params(reference).items():
         assert torch.equal(params(fresh)[k], v), k
+
+
+def test_the_staged_schedule_is_burda_et_als():
+    """lr_schedule="staged" on a 3280-epoch run: epochs [3^i - 1)/2, (3^(i+1) - 1)/2) at
+    lr * 10^(-i/7), i = 0..7 (1, 3, 9, ..., 2187 passes), the last at lr / 10."""
+    per_epoch = 3
+    total = 3280 * per_epoch
+    sched = inference.loop.Schedule(total, "staged")
+    lrs = torch.tensor([sched(step, 1e-3) for step in range(total)], dtype=torch.float64)
+    stages, counts = torch.unique_consecutive(lrs, return_counts=True)
+    assert counts.tolist() == [3**i * per_epoch for i in range(8)]
+    expected = 1e-3 * 10 ** (-torch.arange(8, dtype=torch.float64) / 7)
+    assert torch.allclose(stages, expected, rtol=1e-12) and math.isclose(stages[-1], 1e-4, rel_tol=1e-12)
+
+
+def test_fit_trains_by_the_staged_schedule():
+    seen = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        inference.fit(zoo.create("bernoulli", data_dim=5), binary_data(), **{**SETTINGS, "steps": 100}, lr_schedule="staged")
+    finally:
+        hook.remove()
+    assert seen == [inference.loop.lr_at(s, 100, 0.05, "staged", 0.01) for s in range(100)]
+    assert seen[0] == 0.05 and math.isclose(seen[-1], 0.005) and sorted(seen, reverse=True) == seen
+    with pytest.raises(ValueError, match="unknown lr_schedule 'steps'; choose from cosine, constant, staged"):
+        inference.fit(zoo.create("bernoulli", data_dim=5), binary_data(), **SETTINGS, lr_schedule="steps")

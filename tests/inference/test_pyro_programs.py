@@ -26,10 +26,11 @@ from zoo.base import ZooModel, data_plate
 
 
 def svi_run(model, guide, args=(), kwargs=None, steps=100, lr=0.01, betas=(0.9, 0.999), loss=None, seed=0,
-            weight_decay=0.0):
+            weight_decay=0.0, eps=1e-8):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr, "betas": betas, "weight_decay": weight_decay}), loss or Trace_ELBO())
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr, "betas": betas, "weight_decay": weight_decay, "eps": eps}),
+              loss or Trace_ELBO())
     for _ in range(steps):
         svi.step(*args, **(kwargs or {}))
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
@@ -414,6 +415,16 @@ def test_iwae_refuses_an_ambiguous_data_plate():
 
     with pytest.raises(ValueError, match="cannot tell the data plate"):
         inference.make_objective("iwae", num_particles=2, max_plate_nesting=2).differentiable_loss(model, guide, None)
+
+
+def test_adams_eps_is_pyro_optims_eps():
+    """Burda et al. train the IWAE with Adam's eps = 1e-4: ``fit(eps=...)`` is pyro.optim.Adam's."""
+    reference = svi_run(coin_model, coin_guide, (COIN,), steps=100, lr=0.05, eps=1e-4)
+    got, result = fit_run(coin_model, COIN, coin_guide, steps=100, lr=0.05, eps=1e-4)
+    assert_same(got, reference)
+    assert not torch.equal(got["alpha_q"], fit_run(coin_model, COIN, coin_guide, steps=100, lr=0.05)[0]["alpha_q"])
+    with pytest.raises(ValueError, match="eps must be a positive number"):
+        inference.fit(coin_model, COIN, coin_guide, steps=2, eps=0.0, progress=False)
 
 
 def test_adagrad_is_pyro_optims_adagrad():
