@@ -87,8 +87,10 @@ RECIPES = {
         published=dict(fixed=(137.64, L_AND_M)), note="paper: EM; ours: gradient (Adam) on the enumerated marginal",
     ),
     "fvsbn": dict(
-        model="fvsbn", fit=dict(lr=1e-2, batch_size=100, epochs=20, early_stopping=10),
-        published=dict(fixed=(97.45, L_AND_M), dynamic=(96.58, PYTORCH_GENERATIVE)), note="ours: Adam, early stopping on the validation split",
+        model="fvsbn", fit=dict(lr=3e-3, batch_size=100, epochs=40, early_stopping=10, weight_decay=2.0),
+        published=dict(fixed=(97.45, L_AND_M), dynamic=(96.58, PYTORCH_GENERATIVE)),
+        note="ours: Adam with weight decay 2 (4e-5 on a per-example mean), chosen on the validation split: weight decay "
+        "0 / 0.5 / 2 / 10 at lr 1e-2 for 20 epochs gave validation 99.26 / 99.09 / 98.98 / 99.06, this recipe 98.93",
     ),
     "nade": dict(
         model="nade", options=dict(hidden_size=500), fit=dict(lr=1e-3, batch_size=100, epochs=100, early_stopping=10),
