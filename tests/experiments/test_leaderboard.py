@@ -184,7 +184,7 @@ def test_an_earlier_tables_rows_are_kept_where_this_run_has_none(data_dir, tmp_p
 def test_a_partial_row_with_early_stopping_is_scored_at_its_best_validation_epoch(data_dir, tmp_path):
     """FVSBN's 307k weights overfit 60 rows at once: the validation loss is best early, and the
     capped (partial) row is scored at that epoch's parameters, as the finished run would be."""
-    recipes = {"fvsbn": dict(fit=dict(epochs=30, batch_size=20, lr=0.05, early_stopping=25))}
+    recipes = {"fvsbn": dict(fit=dict(epochs=30, batch_size=20, lr=0.05, early_stopping=25, weight_decay=0.0))}
     cfg = config(data_dir, models=["fvsbn"], recipes=recipes, epochs=8)
     (row,) = LB.run(cfg, tmp_path)["rows"]
     folder = tmp_path / "binarized-mnist" / "fvsbn"
