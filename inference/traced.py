@@ -8,6 +8,7 @@ Everything about tracing lives in this module.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import pyro.infer as infer
@@ -93,7 +94,7 @@ def _same_type(a, b) -> bool:
 _VIEWS = ("aten::reshape", "aten::expand", "aten::slice", "aten::view", "aten::contiguous", "aten::to")
 
 
-def simplify_graph(graph) -> None:
+def simplify_graph(graph, module=None) -> None:
     """Remove the trace's no-op operations, keeping every result bit for bit.
 
     A Pyro program traced at one batch shape carries bookkeeping that is constant at that
@@ -104,6 +105,9 @@ def simplify_graph(graph) -> None:
     backward passes are exact identities too) for a fraction of the per-step cost of a
     small model. Sizes come from the types the trace recorded for the example input, so
     the graph is valid for that shape only (:class:`Traced` keys graphs by shape).
+    Three rewrites of TraceEnum_ELBO's graph follow, each exact: Pyro's ``_SafeLog`` as aten
+    operations, the gather of enumerated parameters as a view, Dice's constant weights folded.
+    ``module``, the traced module whose graph this is, gives the sizes of its parameters.
     """
     torch._C._jit_pass_peephole(graph, False)  # x.size(d) -> constant, at the traced shape
     torch._C._jit_pass_constant_propagation(graph)
@@ -132,8 +136,145 @@ def simplify_graph(graph) -> None:
             outs[0].replaceAllUsesWith(source)
     # (no common-subexpression elimination: merging two equal computations changes the
     # order in which their gradients are summed, so the gradients would differ in the last bit)
+    _safe_log_as_aten(graph)
+    _arange_index_as_view(graph, module)
+    _fold_dice_weights(graph)
     torch._C._jit_pass_dce(graph)
     _negate_after_sum(graph)  # after the dead code is gone: it needs a negation's only use
+
+
+def _safe_log_as_aten(graph) -> None:
+    """Pyro's ``_SafeLog`` (the log of TraceEnum_ELBO's log-space contraction) as aten operations.
+
+    Traced, that autograd Function is a call into Python forward and backward (about 0.2 ms a
+    step of a small mixture). Its forward is ``x.log()`` and its backward ``grad / x.clamp(min=eps)``.
+    ``log(x).detach() + (q - q.detach())`` with ``q = x / x.clamp(min=eps).detach()`` has that value
+    (``q - q.detach()`` is exactly 0 for every finite x; the contraction's x is a sum of shifted
+    exponentials, at most its number of terms) and that gradient (the division's), bit for bit.
+    """
+    from pyro.ops.special import _SafeLog
+
+    for node in list(graph.nodes()):
+        if node.kind() != "prim::PythonOp" or getattr(node.pyobj(), "__self__", None) is not _SafeLog:
+            continue
+        ins, outs = list(node.inputs()), list(node.outputs())
+        if len(ins) != 1 or len(outs) != 1 or not isinstance(ins[0].type(), torch._C.TensorType):
+            continue
+        (x,), (out,) = ins, outs
+        dtype = x.type().dtype()
+        if dtype is None or not dtype.is_floating_point:
+            continue
+        with graph.insert_point_guard(node):
+            eps, none, one = (graph.insertConstant(c) for c in (torch.finfo(dtype).eps, None, 1))
+
+        def op(kind, *inputs):
+            new = graph.create(kind, list(inputs), 1)
+            new.insertBefore(node)
+            new.output().setType(out.type())
+            return new.output()
+
+        floor = op("aten::detach", op("aten::clamp", x, eps, none))
+        q = op("aten::div", x, floor)
+        zero = op("aten::sub", q, op("aten::detach", q), one)
+        value = op("aten::add", op("aten::detach", op("aten::log", x)), zero, one)
+        out.replaceAllUsesWith(value)
+        node.destroy()
+
+
+def _fold_dice_weights(graph) -> None:
+    """Fold the constant probability weights of Pyro's Dice estimator (TraceEnum_ELBO).
+
+    With nothing sampled by the guide, Dice weights each cost by ``exp(zeros_like(cost))``
+    and keeps the entries where that is positive, a ``masked_select`` of every entry. At the
+    traced shape ``zeros_like`` is a constant, so constant propagation folds the weights and
+    the mask; a ``masked_select`` by a constant all-true mask of the value's own shape is the
+    flattened value (its backward, a scatter into zeros, gives the same values).
+    """
+    for node in list(graph.nodes()):
+        if node.kind() != "aten::zeros_like":
+            continue
+        (v, *options) = list(node.inputs())
+        t = v.type()
+        if not (isinstance(t, torch._C.TensorType) and t.sizes() is not None and math.prod(t.sizes()) <= 1 << 20
+                and t.dtype() is not None
+                and t.device() is not None and all(o.node().kind() == "prim::Constant" and o.toIValue() in (None, False)
+                                                   for o in options)):
+            continue
+        with graph.insert_point_guard(node):
+            zeros = graph.insertConstant(torch.zeros(t.sizes(), dtype=t.dtype(), device=t.device()))
+        zeros.setType(node.output().type())
+        node.output().replaceAllUsesWith(zeros)
+        node.destroy()
+    torch._C._jit_pass_constant_propagation(graph)
+    for node in list(graph.nodes()):
+        if node.kind() != "aten::masked_select":
+            continue
+        v, mask = node.inputs()
+        try:
+            m = mask.toIValue() if mask.node().kind() == "prim::Constant" else None
+        except RuntimeError:
+            m = None
+        sizes = v.type().sizes() if isinstance(v.type(), torch._C.TensorType) else None
+        if not isinstance(m, torch.Tensor) or sizes is None or list(m.shape) != list(sizes) or not bool(m.all()):
+            continue
+        with graph.insert_point_guard(node):
+            flat = graph.insertConstant([-1])
+        reshape = graph.create("aten::reshape", [v, flat], 1)
+        reshape.insertBefore(node)
+        reshape.output().setType(node.output().type())
+        node.output().replaceAllUsesWith(reshape.output())
+        node.destroy()
+
+
+def _attribute(value, module):
+    """The tensor that graph value ``value`` reads from ``module`` by attribute lookups, or None."""
+    names = []
+    while value.node().kind() == "prim::GetAttr":
+        names.append(value.node().s("name"))
+        value = value.node().input()
+    if module is None or not names or value.node().kind() != "prim::Param":
+        return None
+    try:
+        for name in reversed(names):
+            module = getattr(module, name)
+    except AttributeError:
+        return None
+    return module if isinstance(module, torch.Tensor) else None
+
+
+def _arange_index_as_view(graph, module=None) -> None:
+    """``t[i]`` with a constant ``i`` that lists ``0..len(t)-1`` in order -> a reshape of ``t``.
+
+    Enumerating a discrete site indexes its parameters by the site's support (Vindex with
+    ``arange(K)`` shaped for broadcasting). That gather copies every row once, so its value
+    is the view's, and its backward (an accumulating scatter into zeros) is the view's
+    gradient: the same values (a -0.0 gradient entry may come back as +0.0).
+    """
+    for node in list(graph.nodes()):
+        if node.kind() != "aten::index":
+            continue
+        source, listed = node.inputs()
+        try:
+            indices = listed.toIValue() if listed.node().kind() == "prim::Constant" else None
+        except RuntimeError:
+            indices = None
+        if not indices or len(indices) != 1 or not isinstance(indices[0], torch.Tensor):
+            continue
+        (i,) = indices
+        sizes, out = source.type().sizes(), node.output()
+        if sizes is None and _attribute(source, module) is not None:
+            sizes = list(_attribute(source, module).shape)  # a parameter: its size
+        if (sizes is None or not sizes or i.dtype != torch.long or i.numel() != sizes[0]
+                or not torch.equal(i.flatten().cpu(), torch.arange(sizes[0]))):
+            continue
+        with graph.insert_point_guard(node):
+            shape = graph.insertConstant([*i.shape, *sizes[1:]])
+        reshape = graph.create("aten::reshape", [source, shape], 1)
+        reshape.insertBefore(node)
+        view = reshape.output()
+        view.setType(out.type())
+        out.replaceAllUsesWith(view)
+        node.destroy()
 
 
 def _negate_after_sum(graph) -> None:
@@ -205,7 +346,7 @@ class Traced(ELBO):
                 fn = torch.jit.trace(module, (x,), check_trace=False)
                 if self.simplify:
                     try:
-                        simplify_graph(fn.graph)
+                        simplify_graph(fn.graph, fn)
                     except (RuntimeError, AttributeError, TypeError):  # an internal API changed:
                         fn = torch.jit.trace(module, (x,), check_trace=False)  # the plain trace
             self.compiled[key] = fn

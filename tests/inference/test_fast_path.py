@@ -276,3 +276,39 @@ def test_the_simplified_graph_negates_a_log_density_after_summing_it():
     for n in negated:
         sizes = next(n.inputs()).type().sizes()
         assert sizes is not None and len(sizes) <= 1, f"a negation of a {sizes} tensor is left"
+
+
+def test_the_simplified_enum_graph_has_no_python_call_gather_or_dice_mask():
+    """TraceEnum_ELBO's contraction traced: Pyro's ``_SafeLog`` (a Python call forward and
+    backward), the gather of the enumerated parameters and Dice's all-true ``masked_select``s
+    are gone from the graph (the values and gradients stay Pyro's: the tests above)."""
+    model = make("mixture")
+    x = toy_data(model)[:32]
+    traced = Traced(inference.make_objective("enum", max_plate_nesting=model.max_plate_nesting))
+    traced.differentiable_loss(model.model, model.guide, x, num_data=96)
+    (fn,) = traced.compiled.values()
+    kinds = {n.kind() for n in fn.graph.nodes()}
+    assert "aten::einsum" in kinds, "not the enumerated contraction"
+    assert not kinds & {"prim::PythonOp", "aten::index", "aten::masked_select", "aten::zeros_like"}, kinds
+
+
+def test_safe_log_as_graph_operations_keeps_its_value_and_clamped_gradient():
+    """``pyro.ops.special.safe_log`` traced and rewritten: log(x), and grad / max(x, eps),
+    also below eps and at 0, bit for bit."""
+    from pyro.ops.special import safe_log
+
+    from inference.traced import simplify_graph
+
+    x0 = torch.tensor([0.0, 1e-30, 1e-9, 1e-7, 0.5, 1.0, 3.0, 1e20])
+    fn = torch.jit.trace(lambda x: safe_log(x) * torch.arange(1.0, 9.0), (x0.clone().requires_grad_(),))
+    simplify_graph(fn.graph)
+    assert "prim::PythonOp" not in {n.kind() for n in fn.graph.nodes()}
+    results = []
+    for f in (lambda x: safe_log(x) * torch.arange(1.0, 9.0), fn):
+        x = x0.clone().requires_grad_()
+        y = f(x)
+        y.sum().backward()
+        results.append((y.detach(), x.grad))
+    (y_p, g_p), (y_t, g_t) = results
+    assert torch.equal(y_p, y_t) and torch.equal(g_p, g_t), (y_p, y_t, g_p, g_t)
+    assert g_p[0] == 1 / torch.finfo(torch.float32).eps  # the clamp is exercised
