@@ -119,7 +119,7 @@ def simplify_graph(graph, module=None) -> None:
             if (listed.node().kind() == "prim::ListConstruct" and len(uses) == 1
                     and uses[0].kind() == "prim::ListUnpack"):
                 parts, unpacked = list(listed.node().inputs()), list(uses[0].outputs())
-                if len(parts) == len(unpacked) and all(_same_type(a, b) for a, b in zip(parts, unpacked)):
+                if len(parts) == len(unpacked) and (len(parts) == 1 or all(_same_type(a, b) for a, b in zip(parts, unpacked))):
                     for a, b in zip(parts, unpacked):
                         b.replaceAllUsesWith(a)
             continue
@@ -278,31 +278,51 @@ def _arange_index_as_view(graph, module=None) -> None:
 
 
 def _negate_after_sum(graph) -> None:
-    """``sum(-v, ...)`` -> ``-sum(v, ...)`` where the negation feeds only that sum.
+    """Move negations after the sums and products they feed, and cancel pairs of them.
 
-    A log-density ``-bce(logits, x)`` summed over its event is the common case: the
-    negation then runs on the summed (batch,) tensor instead of the (batch, n) one, in the
-    forward and the backward pass. Negation commutes with rounding, so the values and the
-    gradients are the same bit for bit.
+    ``sum(-v, ...)`` -> ``-sum(v, ...)`` and ``(-a) * b`` -> ``-(a * b)`` where the negation
+    feeds only that operation, until none moves; then ``-(-v)`` -> ``v``. A log-density
+    ``-bce(logits, x)`` summed over its event is the common case: the negation then runs on
+    the summed (batch,) tensor instead of the (batch, n) one, and the ELBO's own negation of
+    the plate-scaled sum cancels it, in the forward and the backward pass. Negation
+    commutes with rounding, so the values and the gradients are the same bit for bit.
     """
+    moved_one = True
+    while moved_one:
+        moved_one = False
+        for node in list(graph.nodes()):
+            if node.kind() not in ("aten::sum", "aten::mul"):
+                continue
+            ins = list(node.inputs())
+            positions = [0] if node.kind() == "aten::sum" else [0, 1] if len(ins) == 2 else []
+            for pos in positions:
+                source = ins[pos]
+                neg = source.node()
+                if (neg.kind() != "aten::neg" or len(source.uses()) != 1
+                        or not isinstance(ins[pos].type(), torch._C.TensorType)
+                        or not isinstance(ins[1 - pos].type() if node.kind() == "aten::mul" else source.type(),
+                                          torch._C.TensorType)):
+                    continue
+                ins[pos] = next(neg.inputs())
+                moved = graph.create(node.kind(), ins, 1)
+                moved.insertBefore(node)
+                out = node.output()
+                moved.output().setType(out.type())
+                negated = graph.create("aten::neg", [moved.output()], 1)
+                negated.insertAfter(moved)
+                negated.output().setType(out.type())
+                out.replaceAllUsesWith(negated.output())
+                node.destroy()
+                neg.destroy()
+                moved_one = True
+                break
     for node in list(graph.nodes()):
-        if node.kind() != "aten::sum":
+        if node.kind() != "aten::neg":
             continue
-        source = next(node.inputs())
-        neg = source.node()
-        if neg.kind() != "aten::neg" or len(source.uses()) != 1:
-            continue
-        (v,) = list(neg.inputs())
-        moved = graph.create("aten::sum", [v, *list(node.inputs())[1:]], 1)
-        moved.insertBefore(node)
-        out = node.output()
-        moved.output().setType(out.type())
-        negated = graph.create("aten::neg", [moved.output()], 1)
-        negated.insertAfter(moved)
-        negated.output().setType(out.type())
-        out.replaceAllUsesWith(negated.output())
-        node.destroy()
-        neg.destroy()
+        inner = next(node.inputs()).node()
+        if inner.kind() == "aten::neg" and _same_type(next(inner.inputs()), node.output()):
+            node.output().replaceAllUsesWith(next(inner.inputs()))
+    torch._C._jit_pass_dce(graph)
 
 
 def _identity(fn):
