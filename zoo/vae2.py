@@ -31,9 +31,10 @@ variational parameters): with ``d(a, b, c, e) = (a + 1) b + (b + 1) c + (c + 1) 
 (the paper's sizes at D = 784: 35,400 + 217,984 = 253,384).
 
 Training: ``elbo`` (k = 1, the VAE rows of the paper) or ``iwae`` with ``num_particles=50``
-(the IWAE rows). The paper's schedule: Adam (beta1 0.9, beta2 0.999, eps 1e-4), batch 20,
-3^i passes at learning rate 1e-3 10^(-i/7) for i = 0..7 (3280 passes); here the cosine
-schedule over the same number of passes stands in for the stepwise one.
+(the IWAE rows). The paper's schedule: Adam (beta1 0.9 in the paper's text, 0.99 in its
+code; beta2 0.999, eps 1e-4), batch 20, 3^i passes at learning rate 1e-3 10^(-i/7) for
+i = 0..7 (3280 passes): ``fit(lr_schedule="staged")``, as the leaderboard's rows train it
+(``experiments.leaderboard.IWAE_FIT``).
 
 Reference: Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders.
 ICLR 2016 (Table 1: 85.33 nats for the VAE, 82.90 for IWAE k = 50, dynamic binarization,
