@@ -188,8 +188,11 @@ def _fold_dice_weights(graph) -> None:
     and keeps the entries where that is positive, a ``masked_select`` of every entry. At the
     traced shape ``zeros_like`` is a constant, so constant propagation folds the weights and
     the mask; a ``masked_select`` by a constant all-true mask of the value's own shape is the
-    flattened value (its backward, a scatter into zeros, gives the same values).
+    flattened value (its backward, a scatter into zeros, gives the same values). Nothing is
+    folded in a graph with an in-place operation, which could write into a folded constant.
     """
+    if any(n.kind().endswith("_") and not n.kind().endswith("__") for n in graph.nodes()):
+        return
     for node in list(graph.nodes()):
         if node.kind() != "aten::zeros_like":
             continue

@@ -316,3 +316,21 @@ def test_safe_log_as_graph_operations_keeps_its_value_and_clamped_gradient():
     (y_p, g_p), (y_t, g_t) = results
     assert torch.equal(y_p, y_t) and torch.equal(g_p, g_t), (y_p, y_t, g_p, g_t)
     assert g_p[0] == 1 / torch.finfo(torch.float32).eps  # the clamp is exercised
+
+
+def test_a_graph_that_writes_in_place_keeps_its_zeros_like():
+    """A folded ``zeros_like`` would be a constant that an in-place write changes step by
+    step: such a graph is left as traced, and replays the eager values every call."""
+    from inference.traced import simplify_graph
+
+    def f(x):
+        z = torch.zeros_like(x)
+        z.add_(x)
+        return (z * 2).sum()
+
+    x0 = torch.ones(4)
+    fn = torch.jit.trace(f, (x0,))
+    simplify_graph(fn.graph)
+    assert "aten::zeros_like" in {n.kind() for n in fn.graph.nodes()}
+    for v in (1.0, 2.0, 3.0):
+        assert fn(torch.full((4,), v)) == f(torch.full((4,), v))
