@@ -181,6 +181,11 @@ def _safe_log_as_aten(graph) -> None:
         node.destroy()
 
 
+def _writes_in_place(graph) -> bool:
+    """Whether the graph has an in-place operation (``aten::add_``, ...)."""
+    return any(n.kind().endswith("_") and not n.kind().endswith("__") for n in graph.nodes())
+
+
 def _fold_dice_weights(graph) -> None:
     """Fold the constant probability weights of Pyro's Dice estimator (TraceEnum_ELBO).
 
@@ -191,7 +196,7 @@ def _fold_dice_weights(graph) -> None:
     flattened value (its backward, a scatter into zeros, gives the same values). Nothing is
     folded in a graph with an in-place operation, which could write into a folded constant.
     """
-    if any(n.kind().endswith("_") and not n.kind().endswith("__") for n in graph.nodes()):
+    if _writes_in_place(graph):
         return
     for node in list(graph.nodes()):
         if node.kind() != "aten::zeros_like":
@@ -251,8 +256,11 @@ def _arange_index_as_view(graph, module=None) -> None:
     Enumerating a discrete site indexes its parameters by the site's support (Vindex with
     ``arange(K)`` shaped for broadcasting). That gather copies every row once, so its value
     is the view's, and its backward (an accumulating scatter into zeros) is the view's
-    gradient: the same values (a -0.0 gradient entry may come back as +0.0).
+    gradient: the same values (a -0.0 gradient entry may come back as +0.0). Not in a graph
+    with an in-place operation, which could then write into the parameter through the view.
     """
+    if _writes_in_place(graph):
+        return
     for node in list(graph.nodes()):
         if node.kind() != "aten::index":
             continue
