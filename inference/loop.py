@@ -260,6 +260,14 @@ class _Interrupt:
         return False
 
 
+def _overrides(callback, hook: str) -> bool:
+    """Whether ``callback`` has its own ``hook`` (else the base class's no-op)."""
+    from inference.callbacks import Callback
+
+    base = getattr(Callback, hook, None)
+    return base is None or getattr(type(callback), hook, None) is not base
+
+
 class Trainer:
     """Runs ``step`` for ``total_steps`` steps over ``batches`` (see the module docstring).
 
@@ -301,6 +309,7 @@ class Trainer:
         self.last_good = None  # (step, where) of the last checkpoint written or resumed
         self.pending: list[tuple[int, dict]] = []
         self.interrupt = None
+        self._per_step = {hook: list(self.callbacks) for hook in ("on_step_end", "wants_checkpoint", "on_values")}
 
     # ----- state --------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -377,12 +386,17 @@ class Trainer:
                 hooks = ddp.install_gradient_averaging(self.step_obj.optimizers.values())
             warm = self.done + min(5, max((self.total_steps - self.done) // 2, 0))
             t_warm = None
+            # only the callbacks that do something per step are called per step
+            self._per_step = {hook: [cb for cb in self.callbacks if _overrides(cb, hook)]
+                              for hook in ("on_step_end", "wants_checkpoint", "on_values")}
+            step_end = self._per_step["on_step_end"]
+            step_obj, batches, schedule, pending = self.step_obj, self.batches, self.schedule, self.pending
             with _Interrupt(self.describe) as self.interrupt:
                 for step in range(self.done, self.total_steps):
-                    self.step_obj.set_lr(step, self.schedule)
-                    self.pending.append((step, self.step_obj(self.batches(step), step)))
+                    step_obj.set_lr(step, schedule)
+                    pending.append((step, step_obj(batches(step), step)))
                     self.done = step + 1
-                    for cb in self.callbacks:
+                    for cb in step_end:
                         cb.on_step_end(self)
                     if self.done == warm:
                         if self.device.type == "cuda":  # time from when the warm-up steps have run
@@ -413,7 +427,7 @@ class Trainer:
         """Read back, log, validate and checkpoint where due; True to stop."""
         done = self.done
         end_of_epoch = done % self.log_every == 0 or done == self.total_steps
-        save_due = any(cb.wants_checkpoint(self) for cb in self.callbacks)
+        save_due = any(cb.wants_checkpoint(self) for cb in self._per_step["wants_checkpoint"])
         # every rank reads back at the same steps (the flags are step-determined, except
         # a signal, which is shared by all ranks at the next read-back)
         if not (len(self.pending) >= self.sync_every or end_of_epoch or save_due
@@ -460,7 +474,7 @@ class Trainer:
             return signum
         keys = list(self.pending[0][1])
         if self.ctx is None and len(self.pending) == 1:
-            rows = [[float(v) for v in self.pending[0][1].values()]]
+            rows = [[v if type(v) is float else float(v) for v in self.pending[0][1].values()]]
         else:
             flat = torch.stack(
                 [torch.as_tensor(out[k], dtype=torch.float64, device=self.device).detach().reshape(())
@@ -475,7 +489,7 @@ class Trainer:
             rows = [flat[i * len(keys): (i + 1) * len(keys)] for i in range(len(self.pending))]
         for (step, _), row in zip(self.pending, rows):
             values = dict(zip(keys, row))
-            for cb in self.callbacks:
+            for cb in self._per_step["on_values"]:
                 cb.on_values(self, step, values)
             for k, v in values.items():
                 if not k.startswith("_"):

@@ -189,7 +189,7 @@ class RowBatches:
 
     def __call__(self, step: int) -> Batch:
         idx = self.rows.indices(step)
-        x = self.rows.epoch_data(step)[idx]
+        x = torch.index_select(self.rows.epoch_data(step), 0, idx)  # x[idx], without indexing's Python
         return Batch((x,), {"num_data": self.num_data}, {self.plate: idx} if self.plate else {})
 
 
@@ -342,6 +342,7 @@ class SVIStep:
             model = _FixIndices(self._condition)(model)
             guide = _FixIndices(self._condition)(guide)
         self.loss = objective(model, guide)  # Pyro's ELBOModule
+        self._model, self._guide = model, guide
         self.modules = modules
         self.lr, self.betas, self.eps, self.clip = lr, tuple(betas), float(eps), clip_norm
         self.weight_decay = float(weight_decay)
@@ -412,8 +413,8 @@ class SVIStep:
         """The loss of ``batch`` (parameters found on the way)."""
         self._condition.clear()
         self._condition.update(batch.condition)
-        if not self.capture:
-            return self.loss(*batch.args, **batch.kwargs)
+        if not self.capture:  # the ELBOModule's forward, without nn.Module's call
+            return self.objective.differentiable_loss(self._model, self._guide, *batch.args, **batch.kwargs)
         with poutine.trace(param_only=True) as capture:
             if self.validate_first:  # Pyro's model/guide checks once, even with validation off
                 self.validate_first = False
@@ -430,18 +431,19 @@ class SVIStep:
         if self.optimizer is None:
             raise ValueError("the model and guide have no trainable parameters (no pyro.param site, "
                              "no module parameter)")
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:  # the optimiser's zero_grad(set_to_none=True), without its bookkeeping
+            p.grad = None
         loss.backward()
         if self.clip:
             ddp.average_gradients(self.optimizer)  # clip the averaged gradient (no-op on one process)
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         norm = cb.gradient_norm([p.grad for p in self.params])
-        if norm.device.type == "cpu":  # no device to wait for: check before the update
+        if norm.device.type == "cpu":  # no device to wait for: check before the update, read now
             if not math.isfinite(norm.item()):
-                return {"loss": loss.detach() / self.scale, "_grad_finite": 0.0}  # no update: state stays good
-            finite = 1.0
-        else:  # checked at the next read-back (and the parameters before any checkpoint)
-            finite = norm.isfinite()
+                return {"loss": loss.item() / self.scale, "_grad_finite": 0.0}  # no update: state stays good
+            self.optimizer.step()
+            return {"loss": loss.item() / self.scale, "_grad_finite": 1.0}
+        finite = norm.isfinite()  # checked at the next read-back (and the parameters before any checkpoint)
         self.optimizer.step()
         return {"loss": loss.detach() / self.scale, "_grad_finite": finite}
 
