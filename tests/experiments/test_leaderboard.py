@@ -170,6 +170,11 @@ def test_an_earlier_tables_rows_are_kept_where_this_run_has_none(data_dir, tmp_p
     changed = config(data_dir, keep_rows=str(earlier))
     changed["recipes"]["vae"]["options"] = dict(hidden=[8], latent_dim=2)
     assert [r["label"] for r in LB.kept([], changed)] == ["fvsbn"]
+    # but fused (the same update, rounded otherwise) is an implementation, not another recipe
+    fused = config(data_dir, keep_rows=str(earlier))
+    fused["recipes"]["vae"]["fit"] = dict(fused["recipes"]["vae"]["fit"], fused=True)
+    assert [r["label"] for r in LB.kept([], fused)] == [r["label"] for r in LB.kept([], config(data_dir, keep_rows=str(earlier)))]
+    assert "vae" in [r["label"] for r in LB.kept([], fused)]
     # nor is a row whose label no longer has a recipe (its JSON records none, like the label)
     table = json.loads(earlier.read_text())
     table["rows"].append(dict(table["rows"][0], label="made-weight-decay", recipe=None))
