@@ -169,7 +169,7 @@ class MADE(AutoregressiveBernoulli):
         recipe=dict(optimizer="adagrad", lr=0.01, lr_schedule="constant", batch_size=100, epochs=200,
                     early_stopping=30, fused=True),
         published=dict(fixed=88.40, dynamic=84.87),
-        citation="Germain et al. 2015, Table 6 (fixed); pytorch-generative README (dynamic, not verified here)",
+        citation="Germain et al. 2015, Table 6 (fixed); pytorch-generative README (dynamic binarization)",
         note="1 hidden layer of 8000, 1 mask, random ordering, direct connections, Adagrad 0.01, look-ahead "
         "30 epochs (the authors' code)",
     )

@@ -124,8 +124,8 @@ class PixelCNN(AutoregressiveBernoulli):
         options=dict(channels=32, num_layers=15, head_channels=32),
         recipe=dict(lr=1e-3, batch_size=256, epochs=457, early_stopping=30),
         published=dict(fixed=81.30, dynamic=81.45),
-        citation="van den Oord et al. 2016, Table 4 (fixed, as cited by pytorch-generative; the paper not checked "
-        "here); pytorch-generative README (dynamic)",
+        citation="van den Oord et al. 2016, Table 4 (fixed; as pytorch-generative's earlier README cites it, the paper's "
+        "table not read here); pytorch-generative README (dynamic binarization)",
         note="sizes, batch, epochs and Adam as pytorch-generative's reproduce() (its lr decays x0.999977 per "
         "scheduler step, ours by the cosine schedule); the paper gives no MNIST recipe",
     )
