@@ -148,7 +148,7 @@ def _safe_log_as_aten(graph) -> None:
 
     Traced, that autograd Function is a call into Python forward and backward (about 0.2 ms a
     step of a small mixture). Its forward is ``x.log()`` and its backward ``grad / x.clamp(min=eps)``.
-    ``log(x).detach() + (q - q.detach())`` with ``q = x / x.clamp(min=eps).detach()`` has that value
+    ``log(x.detach()) + (q - q.detach())`` with ``q = x / x.detach().clamp(min=eps)`` has that value
     (``q - q.detach()`` is exactly 0 for every finite x; the contraction's x is a sum of shifted
     exponentials, at most its number of terms) and that gradient (the division's), bit for bit.
     """
@@ -173,10 +173,10 @@ def _safe_log_as_aten(graph) -> None:
             new.output().setType(out.type())
             return new.output()
 
-        floor = op("aten::detach", op("aten::clamp", x, eps, none))
-        q = op("aten::div", x, floor)
+        constant = op("aten::detach", x)  # clamp and log of x outside autograd: no backward nodes
+        q = op("aten::div", x, op("aten::clamp", constant, eps, none))
         zero = op("aten::sub", q, op("aten::detach", q), one)
-        value = op("aten::add", op("aten::detach", op("aten::log", x)), zero, one)
+        value = op("aten::add", op("aten::log", constant), zero, one)
         out.replaceAllUsesWith(value)
         node.destroy()
 
