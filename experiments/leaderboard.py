@@ -412,6 +412,8 @@ def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
         if out.get("scored_epoch") is not None and row["fit"].get("early_stopping"):
             last = min(last, out["scored_epoch"] + row["fit"]["early_stopping"])  # at most: no better epoch comes
         out["budget_left_seconds"] = round(out["seconds_per_epoch"] * max(last - epochs, 0))
+        if last < recipe_epochs:  # and at most the whole recipe, if better epochs keep coming
+            out["budget_max_seconds"] = round(out["seconds_per_epoch"] * (recipe_epochs - epochs))
     return out
 
 
@@ -460,9 +462,11 @@ def notes_markdown(rows: list[dict]) -> str:
     for r in rows:
         parts = [r["note"]] if r.get("note") else []
         if r.get("budget_left_seconds") is not None:
-            parts.append(f"{r['seconds_per_epoch']:.1f} s/epoch measured here; the recipe needs "
-                         f"{r['budget_left_seconds'] / 3600:.1f} h more at that rate"
-                         + (" (early stopping's look-ahead, if no better epoch comes)" if r.get("scored_epoch") is not None else ""))
+            left = f"{r['budget_left_seconds'] / 3600:.1f} h more at that rate"
+            if r.get("budget_max_seconds") is not None:
+                left = (f"at least {left} (early stopping's look-ahead, if no better epoch comes), at most "
+                        f"{r['budget_max_seconds'] / 3600:.1f} h (all {r['recipe_epochs']} epochs)")
+            parts.append(f"{r['seconds_per_epoch']:.1f} s/epoch measured here; the recipe needs {left}")
         if r.get("difference") is not None:
             d = r["difference"]
             parts.append(f"{-d:.2f} nats below (better than) the published figure" if d < -0.5

@@ -207,6 +207,9 @@ def test_a_partial_row_with_early_stopping_is_scored_at_its_best_validation_epoc
     # what is left is the look-ahead after the best epoch (25 epochs), not the recipe's 30
     left = min(30, row["scored_epoch"] + 25) - 8
     assert row["budget_left_seconds"] == round(row["seconds_per_epoch"] * left)
+    if left < 30 - 8:  # better epochs may still come: at most the whole recipe
+        assert row["budget_max_seconds"] == round(row["seconds_per_epoch"] * (30 - 8))
+        assert "at most" in LB.notes_markdown([row])
 
 
 def test_ctrl_c_in_a_row_keeps_the_sessions_record(data_dir, tmp_path, monkeypatch):
@@ -222,3 +225,14 @@ def test_ctrl_c_in_a_row_keeps_the_sessions_record(data_dir, tmp_path, monkeypat
         LB.run({**cfg, "epochs": 2}, tmp_path)
     sessions = json.loads(status.read_text())["sessions"]
     assert [(s["from_step"], s["to_step"]) for s in sessions] == [(0, 3), (3, 3)]
+
+
+def test_the_note_bounds_an_early_stopped_rows_budget_both_ways():
+    """A partial row scored at its best epoch needs at least the look-ahead and at most the
+    whole recipe: the note gives both, the table's seconds as hours."""
+    row = dict(label="made", seconds_per_epoch=60.0, budget_left_seconds=1800, budget_max_seconds=36000,
+               recipe_epochs=200, scored_epoch=2)
+    note = LB.notes_markdown([row])
+    assert "at least 0.5 h more" in note and "at most 10.0 h (all 200 epochs)" in note
+    del row["budget_max_seconds"]
+    assert "at most" not in LB.notes_markdown([row]) and "0.5 h more" in LB.notes_markdown([row])
