@@ -45,6 +45,32 @@ def hand_loss(model, batch, num_data, eps, analytic_kl: bool):
     return -(num_data / batch.shape[0]) * (log_lik - kl)
 
 
+def _gaussian(net, inputs):
+    loc, raw = net(inputs).chunk(2, dim=-1)
+    return loc, F.softplus(raw + 0.5413248546129181) + 1e-4
+
+
+def _log_normal(z, loc, scale):
+    """log N(z; loc, diag scale^2) summed over everything, without the -log(2 pi) / 2 per entry."""
+    return (-0.5 * ((z - loc) / scale).pow(2) - scale.log()).sum()
+
+
+def hand_loss_vae2(model, batch, num_data, eps1, eps2):
+    """The negative ELBO of the two-stochastic-layer VAE (``zoo.vae2``) written directly:
+    z1 = mu_q1(x) + sigma_q1(x) eps1, z2 = mu_q2(z1) + sigma_q2(z1) eps2 (the guide's order),
+    -(N/B) sum_n [log p(x|z1) + log p(z1|z2) + log p(z2) - log q(z1|x) - log q(z2|z1)]
+    (the Gaussians' constants cancel: p and q have L1 + L2 of them each)."""
+    loc1, scale1 = _gaussian(model.encoder_z1, batch)
+    z1 = loc1 + eps1 * scale1
+    loc2, scale2 = _gaussian(model.encoder_z2, z1)
+    z2 = loc2 + eps2 * scale2
+    prior_loc, prior_scale = _gaussian(model.prior_z1, z2)
+    log_p = (-F.binary_cross_entropy_with_logits(model.decoder(z1), batch, reduction="sum")
+             + _log_normal(z1, prior_loc, prior_scale) - 0.5 * z2.pow(2).sum())
+    log_q = _log_normal(z1, loc1, scale1) + _log_normal(z2, loc2, scale2)
+    return -(num_data / batch.shape[0]) * (log_p - log_q)
+
+
 def vae_case(objective: str, data: torch.Tensor, *, batch_size: int = 128, **options):
     """(engine_step, hand_step) for one objective, after checking they compute the same loss."""
     n, d = data.shape
