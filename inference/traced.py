@@ -3,7 +3,9 @@
 :class:`Traced` (the ``jit_*`` objectives, and ``compile="jit"``/``"auto"`` of
 :func:`inference.fit`) replays the objective as a graph traced once per batch shape,
 which removes Pyro's per-step Python (traces, messengers, distribution objects) and
-gives the same loss and gradients, bit for bit (tests/inference/test_fast_path.py).
+gives the same loss and gradients, bit for bit (tests/inference/test_fast_path.py), except
+TraceEnum_ELBO of a single enumerated site, which it collapses to one ``logsumexp``
+(:func:`collapsed_enum_elbo`: the same within float rounding).
 Everything about tracing lives in this module.
 """
 from __future__ import annotations
@@ -16,15 +18,53 @@ import torch
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import is_identically_zero
 
-__all__ = ["Traced", "simplify_graph"]
+__all__ = ["Traced", "collapsed_enum_elbo", "simplify_graph"]
+
+
+def collapsed_enum_elbo(model_trace, guide_trace):
+    """TraceEnum_ELBO's ELBO of one particle as one ``logsumexp``, or None where it does not apply.
+
+    It applies where the guide samples nothing and the model has one enumerated site, every
+    other sample site observed, all their log-densities over the same dimensions (the
+    enumerated one and the plates), unmasked and under one scale: a mixture whose component
+    is summed out, ``log p(x) = sum_n logsumexp_k [log p(z_n = k) + log p(x_n | z_n = k)]``.
+    That is the quantity ``TraceEnum_ELBO`` contracts (with its Dice weights all one); Pyro's
+    general contraction shifts and exponentiates each factor apart and sums their product
+    by ``einsum``, about 25 small operations where this is one sum and one ``logsumexp``. The
+    value and gradients are the same within float rounding, not bit for bit.
+    """
+    if any(site["type"] == "sample" for site in guide_trace.nodes.values()):
+        return None
+    sites = [site for site in model_trace.nodes.values() if site["type"] == "sample"]
+    enumerated = [site for site in sites if site["infer"].get("_enumerate_dim") is not None]
+    if len(enumerated) != 1 or sum(site["is_observed"] for site in sites) != len(sites) - 1:
+        return None
+    terms = [site["packed"]["unscaled_log_prob"] for site in sites]
+    dims = terms[0]._pyro_dims
+    enum_dims = set(dims) - set(model_trace.plate_to_symbol.values())
+    if (len(enum_dims) != 1 or any(sorted(t._pyro_dims) != sorted(dims) for t in terms)
+            or any(site.get("mask") is not None for site in sites)):
+        return None
+    scales = {float(site["scale"]) for site in sites}
+    if len(scales) != 1:
+        return None
+    total = None
+    for t in terms:  # every term in the first term's order of dimensions
+        if t._pyro_dims != dims:
+            t = t.permute([t._pyro_dims.index(c) for c in dims])
+        total = t if total is None else total + t
+    lse = total.logsumexp(dims.index(enum_dims.pop()))
+    return (lse * sites[0]["scale"]).sum()
 
 
 class _LossModule(torch.nn.Module):
-    """``objective.differentiable_loss(model, guide, x, num_data)`` as a module of x."""
+    """``objective.differentiable_loss(model, guide, x, num_data)`` as a module of x
+    (with ``collapse``, TraceEnum_ELBO's loss by :func:`collapsed_enum_elbo`)."""
 
-    def __init__(self, objective, model, guide, num_data):
+    def __init__(self, objective, model, guide, num_data, collapse=False):
         super().__init__()
         self.objective, self.model_fn, self.guide_fn, self.num_data = objective, model, guide, num_data
+        self.collapse = collapse
         # register the modules that own the parameters, so tracing sees them as inputs
         self.owners = torch.nn.ModuleList(
             {id(m): m for m in (getattr(model, "__self__", None), getattr(guide, "__self__", guide))
@@ -33,6 +73,14 @@ class _LossModule(torch.nn.Module):
 
     def forward(self, x):
         objective, kwargs = self.objective, {"num_data": self.num_data}
+        if self.collapse:  # as TraceEnum_ELBO.differentiable_loss sums and averages its particles
+            elbo = 0.0
+            for model_trace, guide_trace in objective._get_traces(self.model_fn, self.guide_fn, (x,), kwargs):
+                particle = collapsed_enum_elbo(model_trace, guide_trace)
+                if particle is None:
+                    raise RuntimeError("the enumerated program changed its structure between calls")
+                elbo = elbo + particle
+            return -(elbo / objective.num_particles)
         if not isinstance(objective, infer.Trace_ELBO):
             return objective.differentiable_loss(self.model_fn, self.guide_fn, x, **kwargs)
         # Trace_ELBO's differentiable_loss adds Python floats (torch_item), which tracing
@@ -363,17 +411,30 @@ class Traced(ELBO):
         self.optimize = False
         #: drop the trace's no-op operations (bit-identical; see :func:`simplify_graph`)
         self.simplify = True
+        #: TraceEnum_ELBO of one enumerated site as one logsumexp (see :func:`collapsed_enum_elbo`;
+        #: equal within float rounding); False keeps Pyro's contraction, bit for bit
+        self.collapse_enum = True
+
+    def _collapsible(self, model, guide, x, num_data) -> bool:
+        """Whether every particle of the objective's traces (run once, without gradients) has
+        :func:`collapsed_enum_elbo`'s form."""
+        if not (self.collapse_enum and isinstance(self.objective, infer.TraceEnum_ELBO)):
+            return False
+        with torch.no_grad():
+            traces = list(self.objective._get_traces(model, guide, (x,), {"num_data": num_data}))
+        return bool(traces) and all(collapsed_enum_elbo(m, g) is not None for m, g in traces)
 
     def differentiable_loss(self, model, guide, x, num_data=None):
         key = (_identity(model), _identity(guide), tuple(x.shape), x.dtype, x.device, num_data)
         fn = self.compiled.get(key)
         if fn is None:
-            module = _LossModule(self.objective, model, guide, num_data)
             # tracing runs the objective once: keep the random numbers it draws out of
             # the stream, so that jit and plain objectives give the same draws
             devices = [x.device] if x.device.type == "cuda" else []
             with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                module = _LossModule(self.objective, model, guide, num_data,
+                                     collapse=self._collapsible(model, guide, x, num_data))
                 fn = torch.jit.trace(module, (x,), check_trace=False)
                 if self.simplify:
                     try:
