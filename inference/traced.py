@@ -45,6 +45,8 @@ def collapsed_enum_elbo(model_trace, guide_trace):
     if (len(enum_dims) != 1 or any(sorted(t._pyro_dims) != sorted(dims) for t in terms)
             or any(site.get("mask") is not None for site in sites)):
         return None
+    if any(isinstance(site["scale"], torch.Tensor) and site["scale"].dim() for site in sites):
+        return None  # a tensor scale: Pyro's contraction says what it makes of it
     scales = {float(site["scale"]) for site in sites}
     if len(scales) != 1:
         return None

@@ -414,3 +414,40 @@ def test_a_graph_that_writes_in_place_keeps_its_zeros_like():
     assert "aten::zeros_like" in {n.kind() for n in fn.graph.nodes()}
     for v in (1.0, 2.0, 3.0):
         assert fn(torch.full((4,), v)) == f(torch.full((4,), v))
+
+
+def test_the_collapsed_form_leaves_programs_it_does_not_cover_to_pyro():
+    """A global enumerated z (outside the data plate), an observed site that does not depend on
+    z, a masked site and two scales are not ``sum_n logsumexp_k``: each keeps Pyro's contraction."""
+    import pyro.poutine as poutine
+
+    from inference.traced import collapsed_enum_elbo
+
+    x = torch.bernoulli(torch.full((8, 3), 0.4), generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(2, 3, requires_grad=True)
+
+    def program(kind):
+        def model(x):
+            if kind == "global z":
+                z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2)), infer={"enumerate": "parallel"})
+            with pyro.plate("data", len(x)):
+                if kind != "global z":
+                    z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2)), infer={"enumerate": "parallel"})
+                with poutine.mask(mask=torch.arange(len(x)) > 0) if kind == "mask" else poutine.scale(scale=1.0):
+                    with poutine.scale(scale=2.0) if kind == "two scales" else poutine.scale(scale=1.0):
+                        pyro.sample("x", dist.Bernoulli(logits=logits[z]).to_event(1), obs=x)
+                if kind == "y apart":
+                    pyro.sample("y", dist.Normal(0.0, 1.0), obs=x[:, 0])
+        return model
+
+    def guide(x):
+        pass
+
+    elbo = inference.make_objective("enum", max_plate_nesting=1)
+    for kind in ("per row", "global z", "y apart", "mask", "two scales"):
+        (traces,) = list(elbo._get_traces(program(kind), guide, (x,), {}))
+        value = collapsed_enum_elbo(*traces)
+        if kind == "per row":
+            assert torch.allclose(value, -elbo.differentiable_loss(program(kind), guide, x), rtol=1e-6)
+        else:
+            assert value is None, kind
