@@ -407,14 +407,24 @@ def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
             f"scored at its best validation epoch, {out['scored_epoch']:g}")
     if out["ours"] is not None and out["published"] is not None:
         out["difference"] = out["ours"] - out["published"]
-    if partial and out["seconds_per_epoch"] and recipe_epochs:
-        last = recipe_epochs
-        if out.get("scored_epoch") is not None and row["fit"].get("early_stopping"):
-            last = min(last, out["scored_epoch"] + row["fit"]["early_stopping"])  # at most: no better epoch comes
-        out["budget_left_seconds"] = round(out["seconds_per_epoch"] * max(last - epochs, 0))
-        if last < recipe_epochs:  # and at most the whole recipe, if better epochs keep coming
-            out["budget_max_seconds"] = round(out["seconds_per_epoch"] * (recipe_epochs - epochs))
+    if partial:
+        _budget(out, row["fit"].get("early_stopping"), epochs)
     return out
+
+
+def _budget(out: dict, early_stopping: int | None, epochs: float) -> None:
+    """A partial row's training time left at its measured rate: ``budget_left_seconds`` (with early
+    stopping, the look-ahead after its best epoch, if no better epoch comes) and, where that is
+    less than the whole recipe, ``budget_max_seconds`` (all the recipe's epochs)."""
+    rate, recipe_epochs = out.get("seconds_per_epoch"), out.get("recipe_epochs")
+    if not (rate and recipe_epochs):
+        return
+    last = recipe_epochs
+    if out.get("scored_epoch") is not None and early_stopping:
+        last = min(last, out["scored_epoch"] + early_stopping)  # at most: no better epoch comes
+    out["budget_left_seconds"] = round(rate * max(last - epochs, 0))
+    if last < recipe_epochs:  # and at most the whole recipe, if better epochs keep coming
+        out["budget_max_seconds"] = round(rate * (recipe_epochs - epochs))
 
 
 # ----- the table -------------------------------------------------------------------------
@@ -590,6 +600,8 @@ def kept(rows: list[dict], config: dict, say: bool = False) -> list[dict]:
         if not note.startswith("kept from"):  # kept twice: it says so once
             note = f"kept from {path.name} (not rerun in this invocation)" + (f"; {note}" if note else "")
         row = dict(r, note=note, **_published(recipes[r["label"]], config))  # today's citation of the figure
+        if row.get("partial") and row.get("epochs_run") is not None:  # the budget as this version states it
+            _budget(row, recipes[r["label"]]["fit"].get("early_stopping"), row["epochs_run"])
         if row.get("ours") is not None and row["published"] is not None:
             row["difference"] = row["ours"] - row["published"]
         extra.append(row)
