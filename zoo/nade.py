@@ -17,9 +17,9 @@ H x n, i.e. 2nH + n + H, with one column that never receives a gradient.)
 Fitted by maximum likelihood (empty guide).
 
 Computation: :class:`NADELogits`, a custom autograd function that runs this recurrence in
-blocks of pixels forward and its reverse backward (O(nH) time and memory, never the
-n x B x H activations), and for binary x evaluates the hidden layer only where it changes
-(after a pixel that is on). ``python -m benchmarks.autoregressive`` times it against the
+blocks of pixels forward and its reverse backward (O(nH) time an image, never all the
+n x B x H activations in memory), and for binary x evaluates the hidden layer only where
+it changes (after a pixel that is on). ``python -m benchmarks.autoregressive`` times it against the
 former cumulative-sum formulation (:func:`nade_logits_cumsum`) and the FLOP floor.
 
 References: Larochelle & Murray, "The Neural Autoregressive Distribution Estimator",
@@ -110,9 +110,11 @@ def nade_logits_cumsum(xo: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: to
     return logits.squeeze(-1).t()
 
 
-#: pixels per block of :class:`NADELogits` (at 784-500, batch 128, one thread: 16 and 32 alike on an
-#: Intel Xeon; on an AMD EPYC 32 took 99 ms a step against 112 for 16, 97 for 24, 109 for 48)
-BLOCK = 32
+#: pixels per block of :class:`NADELogits`: smaller blocks waste less arithmetic (a block of T
+#: pixels computes P ~ B (1 + 0.13 T) states against T positions each), larger ones fewer
+#: operations. At 784-500, batch 128, one thread on an AMD EPYC: 12 -> 71, 16 -> 73, 24 -> 77,
+#: 32 -> 78 ms a step (medians of 9 rounds in one run, a leaderboard row on the other core)
+BLOCK = 16
 
 
 def nade_logits(xo: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor, b: torch.Tensor,
@@ -126,46 +128,59 @@ def nade_logits(xo: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Ten
     return NADELogits.apply(xo, W, c, V, b, int(block or BLOCK))
 
 
-def _block_states(xb: torch.Tensor, dense: bool):
-    """The distinct hidden states of a block of T pixels, per image.
+def _block_states(xblocks: torch.Tensor, dense: bool):
+    """The distinct hidden states of every block of T pixels, per image.
 
-    ``xb`` (B, T). With binary x, a_{t+1} = a_t + W_t x_t changes only after a pixel that
-    is on: position j of image b is in state ``state[b, j]`` = the number of pixels on
-    before j in the block, so image b has 1 + state[b, T-1] distinct states (about
-    1 + 0.13 T on MNIST, instead of T). With ``dense`` (x not binary, or its gradient
-    wanted) state j is position j. The states of all images are stacked as P rows
-    (image-major): row p is state ``s[p]`` of image ``img[p]``, and its pre-activation is
-    a_block[img[p]] + Xs[p] @ W_block^T with Xs[p, i] = x[img[p], i] [state(img[p], i) < s[p]].
-    Returns (index, img, Xs, Ss): ``index[b, j]`` is the row of position j of image b and
+    ``xblocks`` (nb, B, T): block k of image b. With binary x, a_{t+1} = a_t + W_t x_t
+    changes only after a pixel that is on: position j of image b in block k is in state
+    ``state[k, b, j]`` = the number of pixels on before j in the block, so the pair has
+    1 + state[k, b, T-1] distinct states (about 1 + 0.13 T on MNIST, instead of T). With
+    ``dense`` (x not binary, or its gradient wanted) state j is position j. The states are
+    stacked as P rows, block-major then image-major: row p is state ``s[p]`` of image
+    ``img[p]`` in its block, and its pre-activation is a_block[img[p]] + Xs[p] @ W_block^T
+    with Xs[p, i] = x[img[p], i] [state(img[p], i) < s[p]].
+    Returns one (index, img, Xs, Ss) per block, all views of tensors computed once for all
+    blocks: ``index[b, j]`` is the block's row of position j of image b and
     ``Ss[p, j] = [index[img[p], j] == p]`` (which positions row p serves).
     """
-    B, T = xb.shape
+    nb, B, T = xblocks.shape
+    flat = xblocks.reshape(nb * B, T)
     if dense:
-        state = torch.arange(T, device=xb.device).expand(B, T)
+        state = torch.arange(T, device=flat.device).expand(nb * B, T)
     else:
-        state = (torch.cumsum(xb, 1) - xb).long()
-    counts = state[:, -1] + 1
-    first = torch.cumsum(counts, 0) - counts
-    img = torch.repeat_interleave(torch.arange(B, device=xb.device), counts)
-    s = (torch.arange(len(img), device=xb.device) - first[img]).unsqueeze(1)
-    rows = state[img]
-    Xs = torch.where(rows < s, xb[img], 0)
-    Ss = (rows == s).to(xb.dtype)
-    return first.unsqueeze(1) + state, img, Xs, Ss
+        state = (torch.cumsum(flat, 1) - flat).long()
+    counts = state[:, -1] + 1  # (nb B,) states of each (block, image)
+    ends = torch.cumsum(counts, 0)
+    first = ends - counts
+    pair = torch.repeat_interleave(torch.arange(nb * B, device=flat.device), counts)  # (P,)
+    s = (torch.arange(len(pair), device=flat.device) - first[pair]).unsqueeze(1)
+    rows = state[pair]
+    Xs = torch.where(rows < s, flat[pair], 0)
+    Ss = (rows == s).to(flat.dtype)
+    bounds = [0] + ends.view(nb, B)[:, -1].tolist()  # the rows of block k: bounds[k]:bounds[k+1]
+    index = (first.unsqueeze(1) + state).view(nb, B, T)
+    img = pair - torch.arange(nb, device=flat.device).repeat_interleave(B)[pair] * B
+    out = []
+    for k in range(nb):
+        r = slice(bounds[k], bounds[k + 1])
+        out.append((index[k] - bounds[k], img[r], Xs[r], Ss[r]))
+    return out
 
 
 class NADELogits(torch.autograd.Function):
     """NADE's logits with Larochelle & Murray's O(nH) recurrence, forward and backward.
 
     Pixels (in the ordering) are taken in blocks of T; the pre-activation at the start of
-    every block, a_block = c + W[:, <block] x_<block, comes from one batched matmul and a
-    cumulative sum over blocks. Within a block the distinct hidden pre-activations
-    (:func:`_block_states`) are one (P, T) x (T, H) matmul of a 0/1 selection matrix plus
-    a_block; h = sigmoid(a); logit_t = b_t + V_t . h_t (one (P, H) x (H, T) matmul and a
-    gather). Saved for backward: the blocks' a_block (n/T x B x H values), never the
-    n x B x H activations, so the work of a block stays in cache.
+    every block, a_block = c + W[:, <block] x_<block, grows by one (B, T) x (T, H) matmul a
+    block. Within a block the distinct hidden pre-activations (:func:`_block_states`) are
+    a_block plus one (P, T) x (T, H) matmul of a 0/1 selection matrix; h = sigmoid(a);
+    logit_t = b_t + V_t . h_t (one (P, H) x (H, T) matmul and a gather). Saved for
+    backward: the blocks' a_block (n/T x B x H values) and, for binary x, the h of the
+    distinct states (about (1 + 0.13 T) / T of the n x B x H activations on MNIST: a fifth
+    at T = 16); never all n x B x H of them, so the work of a block stays in cache.
 
-    Backward, the reverse recurrence from the last block: recompute the block's h;
+    Backward, the reverse recurrence from the last block: the block's h (recomputed when x
+    is real-valued or its gradient is wanted: then every position is a state);
     da_p = (sum over positions in state p of dL/dlogit_t V_t) * h_p (1 - h_p); with R the
     sum of da over all later blocks (per image), dL/dW[:, i] = sum_images x_i (R + the
     sum of da over the states after pixel i) (the selection matrix transposed),
@@ -184,28 +199,31 @@ class NADELogits(torch.autograd.Function):
         WT = torch.nn.functional.pad(W, (0, pad + 1)).t().contiguous()  # (nb T, H)
         Vp = torch.nn.functional.pad(V, (0, 0, 0, pad))
         dense = bool(ctx.needs_input_grad[0]) or not bool(((xo == 0) | (xo == 1)).all())
-        # a_block for every block: c + the sum of the earlier blocks' x_block W_block^T
+        # a_block, block by block: c, then plus each block's x_block W_block^T
         xblocks = xp.view(B, nb, T).transpose(0, 1)  # (nb, B, T)
-        bases = torch.bmm(xblocks[:-1], WT.view(nb, T, H)[:-1]).cumsum_(0)
-        bases = torch.cat([c.expand(1, B, H), bases.add_(c)])
+        bases = [c.expand(B, H)]
         logits = xo.new_empty(B, nb * T)
         positions = torch.arange(T, device=xo.device)
-        states = []
-        for k in range(nb):
+        states = _block_states(xblocks, dense)
+        hs = []  # binary x: h of every state, kept for backward (about (1 + 0.13 T) / T of n B H values)
+        for k, (index, img, Xs, Ss) in enumerate(states):
             s = slice(k * T, (k + 1) * T)
-            index, img, Xs, Ss = st = _block_states(xblocks[k], dense)
-            states.append(st)
-            h = torch.addmm(bases[k].index_select(0, img), Xs, WT[s]).sigmoid_()  # (P, H)
+            if k + 1 < nb:
+                bases.append(torch.addmm(bases[k], xblocks[k], WT[s]))
+            h = bases[k].index_select(0, img).addmm_(Xs, WT[s]).sigmoid_()  # (P, H)
+            if not dense:
+                hs.append(h)
             logits[:, s] = torch.mm(h, Vp[s].t())[index, positions]  # (P, T) pairs, gathered
-        ctx.save_for_backward(xp, WT, Vp, bases)
+        ctx.save_for_backward(xp, WT, Vp, *bases)
         ctx.states = states
+        ctx.hs = hs
         ctx.sizes = (B, n, H, T, nb, dense)
         return logits[:, :n] + b
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        xp, WT, Vp, bases = ctx.saved_tensors
+        xp, WT, Vp, *bases = ctx.saved_tensors
         B, n, H, T, nb, dense = ctx.sizes
         need_x = ctx.needs_input_grad[0]
         g = torch.nn.functional.pad(grad, (0, nb * T - n))  # (B, nb T)
@@ -217,11 +235,11 @@ class NADELogits(torch.autograd.Function):
             s = slice(k * T, (k + 1) * T)
             xb = xp[:, s]
             index, img, Xs, Ss = ctx.states[k]
-            h = torch.addmm(bases[k].index_select(0, img), Xs, WT[s]).sigmoid_()  # (P, H)
+            h = ctx.hs[k] if ctx.hs else bases[k].index_select(0, img).addmm_(Xs, WT[s]).sigmoid_()
             Gs = g[:, s].index_select(0, img).mul_(Ss)  # (P, T): dL/dlogit_t of the row's positions
             torch.mm(Gs.t(), h, out=dV[s])
             dA = torch.mm(Gs, Vp[s]).mul_(torch.addcmul(h, h, h, value=-1))  # (P, H): dh * h (1 - h)
-            torch.addmm(xb.t() @ R, Xs.t(), dA, out=dWT[s])
+            torch.mm(xb.t(), R, out=dWT[s]).addmm_(Xs.t(), dA)
             if need_x:  # dense: row p = b T + j is position j of image b
                 later = torch.ones(T, T, dtype=dA.dtype, device=dA.device).tril_(-1).repeat(B, 1)  # [j, i] = j > i
                 dx[:, s] = ((dA @ WT[s].t()) * later).view(B, T, T).sum(1).addmm_(R, WT[s].t())

@@ -379,6 +379,22 @@ def test_nade_recurrence_gives_the_cumulative_sum_formulation_and_its_gradients(
         assert torch.allclose(a, b, rtol=1e-11, atol=1e-12)
 
 
+def test_nade_recurrence_backward_twice_gives_the_same_gradients():
+    """The hidden layers kept for backward (binary x) are not consumed: a second backward
+    through a retained graph gives the first one's gradients."""
+    from zoo.nade import nade_logits
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.bernoulli(torch.full((6, 20), 0.3, dtype=torch.float64), generator=g)
+    params = [torch.randn(shape, dtype=torch.float64, generator=g).requires_grad_()
+              for shape in ((4, 19), (4,), (20, 4), (20,))]
+    loss = (nade_logits(x, *params, block=8) ** 2).sum()
+    first = torch.autograd.grad(loss, params, retain_graph=True)
+    second = torch.autograd.grad(loss, params)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 def test_nade_loss_and_gradients_at_mnist_size_match_the_former_formulation():
     """784-50 on binary images, float32, through the engine's objective: same loss and gradients."""
     from zoo.nade import nade_logits_cumsum
