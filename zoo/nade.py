@@ -139,7 +139,7 @@ def _block_states(xblocks: torch.Tensor, dense: bool):
     stacked as P rows, block-major then image-major: row p is state ``s[p]`` of image
     ``img[p]`` in its block, and its pre-activation is a_block[img[p]] + Xs[p] @ W_block^T
     with Xs[p, i] = x[img[p], i] [state(img[p], i) < s[p]].
-    Returns one (index, img, Xs, Ss) per block, all views of tensors computed once for all
+    Returns one (index, img, Xs, Ss) per block, slices of tensors computed once for all
     blocks: ``index[b, j]`` is the block's row of position j of image b and
     ``Ss[p, j] = [index[img[p], j] == p]`` (which positions row p serves).
     """
@@ -159,7 +159,7 @@ def _block_states(xblocks: torch.Tensor, dense: bool):
     Ss = (rows == s).to(flat.dtype)
     bounds = [0] + ends.view(nb, B)[:, -1].tolist()  # the rows of block k: bounds[k]:bounds[k+1]
     index = (first.unsqueeze(1) + state).view(nb, B, T)
-    img = pair - torch.arange(nb, device=flat.device).repeat_interleave(B)[pair] * B
+    img = pair % B  # pair = k B + b
     out = []
     for k in range(nb):
         r = slice(bounds[k], bounds[k + 1])
