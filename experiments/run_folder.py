@@ -48,6 +48,12 @@ def _finite(value):
     return value
 
 
+def as_stored(value):
+    """``value`` as config.json stores it and reads it back (tuples become lists, non-finite
+    floats None), so that a config compares equal to the one a run folder holds."""
+    return json.loads(json.dumps(_finite(value), allow_nan=False))
+
+
 #: entries a run's config.json must have, and their types
 _CONFIG_TYPES = {"model": str, "options": dict, "data": str, "seed": int}
 

@@ -14,7 +14,7 @@ import torch
 import inference
 import zoo
 from experiments import plots, sources
-from experiments.run_folder import RunFolder
+from experiments.run_folder import RunFolder, as_stored
 from inference.checkpoint import METRICS
 from inference.svi import _make_guide
 
@@ -258,7 +258,10 @@ def post_training_metrics(model, config: dict, valid, test, guide=None) -> dict:
 
 
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("progress", "device", "data_dir", "logger", "eval", "eval_options")}
+    """The entries that make a run another run, in their stored form (a tuple of betas and the
+    list config.json reads back are the same setting)."""
+    return as_stored({k: v for k, v in config.items()
+                      if k not in ("progress", "device", "data_dir", "logger", "eval", "eval_options")})
 
 
 def load_run(workdir):

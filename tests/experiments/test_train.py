@@ -45,6 +45,20 @@ def test_a_run_written_before_a_config_key_existed_resumes(tmp_path):
         train_and_evaluate({**settings, "model": "fvsbn", "lr": 0.5}, tmp_path)
 
 
+def test_a_run_with_tuple_settings_resumes(tmp_path):
+    """Settings given as tuples (the leaderboard's VAE recipes pass Adam's betas so) come back
+    from config.json as lists: the same run, resumed from its checkpoint, not refused as
+    another configuration."""
+    settings = dict(model="fvsbn", steps=4, progress=False, eval="none", betas=(0.9, 0.99))
+    train_and_evaluate(settings, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["betas"] == [0.9, 0.99]
+    checkpoint = (tmp_path / "checkpoint.pt").read_bytes()
+    assert train_and_evaluate(settings, tmp_path)["steps"] == 4  # resumed: nothing new to do
+    assert (tmp_path / "checkpoint.pt").read_bytes() == checkpoint  # not trained again from step 0
+    with pytest.raises(ValueError, match="another configuration"):
+        train_and_evaluate({**settings, "betas": (0.9, 0.999)}, tmp_path)
+
+
 def test_a_run_with_an_autoguide_is_scored_under_it_and_rescored_alike(tmp_path):
     """``zoo train --guide auto_normal``: the test NLL is the posterior predictive under the
     trained AutoGuide (near the exact one of the conjugate model), and ``zoo evaluate`` of the
