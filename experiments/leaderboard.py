@@ -47,6 +47,7 @@ import inference
 import zoo
 from experiments import plots
 from experiments.train import load_run, train_and_evaluate
+from inference.checkpoint import METRICS
 from inference.loop import CHECKPOINT
 
 #: a row's sessions (training time, steps, device) and its cached score, in its run folder
@@ -376,7 +377,28 @@ def run_row(row: dict, config: dict, workdir: Path, train_size: int, test) -> di
     if status:
         workdir.mkdir(parents=True, exist_ok=True)
         status_path.write_text(json.dumps(status, indent=2) + "\n")
-    return table_row(row, config, status, metrics, _steps_per_epoch(row, train_size), _checkpoint_step(workdir), test.dim)
+    out = table_row(row, config, status, metrics, _steps_per_epoch(row, train_size), _checkpoint_step(workdir), test.dim)
+    if out.get("partial") and (trend := validation_trend(workdir / METRICS)):
+        out["validation"] = trend
+    return out
+
+
+def validation_trend(path: Path) -> dict | None:
+    """The validation objective of a run's metrics.jsonl at the middle of the logged run and at
+    its end (``from``, ``to``: epoch and value), and its best: whether more epochs still help."""
+    points = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("val_loss") is not None and record.get("epoch") is not None:
+                    points.append((float(record["epoch"]), float(record["val_loss"])))
+    if len(points) < 2:
+        return None
+    last = points[-1]
+    middle = min(points, key=lambda p: abs(p[0] - last[0] / 2))
+    best = min(points, key=lambda p: p[1])
+    return {"from": list(middle), "to": list(last), "best": list(best)}
 
 
 def table_row(row, config, status, metrics, per_epoch, step, data_dim) -> dict:
@@ -477,6 +499,10 @@ def notes_markdown(rows: list[dict]) -> str:
                 left = (f"at least {left} (early stopping's look-ahead, if no better epoch comes), at most "
                         f"{r['budget_max_seconds'] / 3600:.1f} h (all {r['recipe_epochs']} epochs)")
             parts.append(f"{r['seconds_per_epoch']:.1f} s/epoch measured here; the recipe needs {left}")
+        if r.get("validation"):
+            (e0, v0), (e1, v1), (eb, vb) = r["validation"]["from"], r["validation"]["to"], r["validation"]["best"]
+            parts.append(f"its validation objective went from {v0:.2f} (epoch {e0:g}) to {v1:.2f} (epoch {e1:g})"
+                         + (f", best {vb:.2f} at epoch {eb:g}" if eb != e1 else ""))
         if r.get("difference") is not None:
             d = r["difference"]
             parts.append(f"{-d:.2f} nats below (better than) the published figure" if d < -0.5

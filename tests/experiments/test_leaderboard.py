@@ -236,3 +236,20 @@ def test_the_note_bounds_an_early_stopped_rows_budget_both_ways():
     assert "at least 0.5 h more" in note and "at most 10.0 h (all 200 epochs)" in note
     del row["budget_max_seconds"]
     assert "at most" not in LB.notes_markdown([row]) and "0.5 h more" in LB.notes_markdown([row])
+
+
+def test_a_partial_rows_note_gives_its_validation_trend(data_dir, tmp_path):
+    """Whether more epochs would still help: a partial row records its validation objective at
+    the middle of the logged run and at its end (from its metrics.jsonl), and its note says so;
+    a finished row does not."""
+    cfg = config(data_dir, models=["fvsbn"], epochs=4,
+                 recipes={"fvsbn": dict(fit=dict(epochs=6, batch_size=20, lr=1e-2, early_stopping=6))})
+    (row,) = LB.run(cfg, tmp_path)["rows"]
+    logged = [json.loads(line) for line in (tmp_path / "binarized-mnist" / "fvsbn" / "metrics.jsonl").read_text().splitlines()]
+    points = [(r["epoch"], r["val_loss"]) for r in logged if r.get("val_loss") is not None]
+    assert row["partial"] and len(points) >= 2 and points[-1][0] == 4
+    assert row["validation"]["to"] == list(points[-1]) and row["validation"]["from"] == list(points[1])
+    assert row["validation"]["best"][1] == min(v for _, v in points)
+    assert f"went from {points[1][1]:.2f} (epoch 2) to {points[-1][1]:.2f} (epoch 4)" in LB.notes_markdown([row])
+    (done,) = LB.run({**cfg, "epochs": None}, tmp_path)["rows"]
+    assert not done["partial"] and "validation" not in done
