@@ -136,6 +136,8 @@ def _train_into(config: dict, folder: RunFolder) -> dict:
     model = build_model(config)
     train, valid, test = (_load(config, s) for s in ("train", "valid", "test"))
     fit_kwargs = {k: config[k] for k in FIT_KEYS if config[k] is not None}
+    if not folder.has_checkpoint() and callable(getattr(model, "init_from_data", None)):
+        model.init_from_data(train.x)  # a model's data-dependent start (a resumed run loads its state)
     guide = make_guide(config, model)  # trained in place by fit, then evaluated with the model
     if guide is not None:
         fit_kwargs["guide"] = guide

@@ -58,6 +58,34 @@ def test_guide_starts_at_the_prior():
     assert torch.allclose(scale, torch.ones(5, 8), atol=2e-4)
 
 
+def test_glorot_init_is_the_uniform_of_glorot_and_bengio():
+    """init="glorot" (yburda/iwae's nnet.Linear.random): every weight on +-sqrt(6 / (in + out))
+    with that uniform's variance, every bias zero; the default keeps q(z | x) at the prior."""
+    torch.manual_seed(0)
+    model = zoo.create("vae", data_dim=784, hidden=(200, 200), latent_dim=50, activation="tanh", init="glorot")
+    layers = [m for m in (*model.encoder, *model.decoder) if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 6
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        w = layer.weight.detach()
+        assert w.abs().max() <= bound
+        # variance bound^2 / 3; the sample variance of >= 10^4 draws is within 5% of it
+        assert abs(w.var().item() / (bound**2 / 3) - 1) < 0.05
+        assert torch.equal(layer.bias.detach(), torch.zeros_like(layer.bias))
+    loc, scale = model.encode(toy_data(5, 0).repeat(1, 131)[:, :784])
+    assert loc.abs().max() > 0  # q(z | x) now depends on x from the start
+    assert model.options["init"] == "glorot"
+    x = torch.bernoulli(torch.rand(1, 784).expand(300, 784), generator=torch.Generator().manual_seed(1))
+    model.init_from_data(x)
+    p = torch.sigmoid(model.decoder[-1].bias)
+    assert torch.allclose(p, x.mean(0).clamp(0.001, 0.999), atol=1e-5)
+    default = zoo.create("vae", data_dim=784, hidden=(200, 200), latent_dim=50)
+    before = default.decoder[-1].bias.detach().clone()
+    default.init_from_data(x)
+    assert torch.equal(default.decoder[-1].bias.detach(), before)  # the default init ignores it
+
+
 def test_registered_and_contract_sizes():
     model = zoo.create("vae", data_dim=4)
     assert isinstance(model, zoo.ZooModel) and model.support == "binary"
@@ -210,7 +238,7 @@ def test_bad_input_raises_clear_errors(trained):
         trained.log_prob(torch.zeros(3, D), num_samples=0)
     with pytest.raises(ValueError, match="needs data"):
         trained.guide(None)
-    for bad in (dict(latent_dim=0), dict(hidden=(0,)), dict(data_dim=2.5), dict(activation="sine")):
+    for bad in (dict(latent_dim=0), dict(hidden=(0,)), dict(data_dim=2.5), dict(activation="sine"), dict(init="he")):
         with pytest.raises(ValueError):
             zoo.create("vae", **{"data_dim": D, **bad})
     with pytest.raises(TypeError, match="bad option"):
