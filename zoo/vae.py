@@ -52,7 +52,7 @@ from torch.nn import functional as F
 
 from zoo.base import ZooModel, data_plate
 
-__all__ = ["ImportanceSampled", "VAE", "glorot_", "mlp"]
+__all__ = ["ImportanceSampled", "VAE", "glorot_", "mlp", "output_bias_from_data_"]
 
 _SOFTPLUS_INV_1 = math.log(math.e - 1)
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
@@ -80,6 +80,15 @@ def glorot_(*modules: nn.Module) -> None:
             if isinstance(layer, nn.Linear):
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
+
+
+def output_bias_from_data_(layer: nn.Linear, x: torch.Tensor) -> None:
+    """Set ``layer``'s bias, in place, to the logit of the pixel means of ``x`` ``(N, D)``,
+    clipped to [0.001, 0.999] (yburda/iwae's ``get_train_bias_np``): Bernoulli logits that
+    start at the independent-pixel fit."""
+    mean = x.reshape(len(x), -1).to(layer.bias).mean(0).clamp(0.001, 0.999)
+    with torch.no_grad():
+        layer.bias.copy_(torch.logit(mean))
 
 
 def check_sizes(data_dim, latent_dim, hidden) -> tuple[int, int, tuple[int, ...]]:
@@ -231,11 +240,8 @@ class VAE(ImportanceSampled, ZooModel):
         bias is the logit of the pixel means of ``x`` ``(N, D)``, clipped to [0.001, 0.999]
         (yburda/iwae's ``get_train_bias_np``), so p(x | z) starts at the independent-pixel fit.
         With the default init it changes nothing."""
-        if self.options.get("init") != "glorot":
-            return
-        mean = x.reshape(len(x), -1).to(self.decoder[-1].bias).mean(0).clamp(0.001, 0.999)
-        with torch.no_grad():
-            self.decoder[-1].bias.copy_(torch.logit(mean))
+        if self.options.get("init") == "glorot":
+            output_bias_from_data_(self.decoder[-1], x)
 
     # ----- networks -------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

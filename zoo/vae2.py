@@ -52,7 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from zoo.base import ZooModel, data_plate
-from zoo.vae import ImportanceSampled, check_sizes, mlp
+from zoo.vae import INITS, ImportanceSampled, check_sizes, glorot_, mlp, output_bias_from_data_
 
 __all__ = ["VAE2"]
 
@@ -72,6 +72,11 @@ class VAE2(ImportanceSampled, ZooModel):
     :param hidden: (h1, h2), the widths of the two deterministic layers between x and z1
         and between z1 and z2, default (64, 32); the paper's are (200, 100).
     :param str activation: ``"relu"`` (default), ``"tanh"`` (the paper's) or ``"softplus"``.
+    :param str init: ``"default"``: PyTorch's initialisation with the last layers of the
+        guide's networks and of p(z1 | z2) at zero; ``"glorot"``: every weight of the four
+        networks Glorot-uniform and every bias zero, then :meth:`init_from_data` (called by the
+        experiments on a fresh run) puts the decoder's output bias at the logit of the training
+        mean, as yburda/iwae's code starts this model (as :class:`zoo.vae.VAE` with the same option).
     """
 
     support = "binary"
@@ -90,8 +95,12 @@ class VAE2(ImportanceSampled, ZooModel):
         "over 3280 passes; IWAE k=50: objective='iwae', num_particles=50 (82.90 published)",
     )
 
-    def __init__(self, data_dim: int = 64, latent_dims=(8, 4), hidden=(64, 32), activation: str = "relu"):
+    def __init__(
+        self, data_dim: int = 64, latent_dims=(8, 4), hidden=(64, 32), activation: str = "relu", init: str = "default"
+    ):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
         latent_dims, hidden = tuple(latent_dims), tuple(hidden)
         if len(latent_dims) != 2 or len(hidden) != 2:
             raise ValueError(f"latent_dims and hidden must each have 2 entries, got {latent_dims!r}, {hidden!r}")
@@ -109,8 +118,16 @@ class VAE2(ImportanceSampled, ZooModel):
         for net in (self.encoder_z1, self.encoder_z2, self.prior_z1):
             nn.init.zeros_(net[-1].weight)
             nn.init.zeros_(net[-1].bias)
+        if init == "glorot":
+            glorot_(self.prior_z1, self.decoder, self.encoder_z1, self.encoder_z2)
         self.register_buffer("prior_loc", torch.zeros(L2))
         self.register_buffer("prior_scale", torch.ones(L2))
+
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """With ``init="glorot"``, the decoder's output bias at the logit of the pixel means of
+        ``x`` ``(N, D)`` (clipped to [0.001, 0.999]); with the default init, nothing."""
+        if self.options.get("init") == "glorot":
+            output_bias_from_data_(self.decoder[-1], x)
 
     def model(self, x=None, num_data=None):
         """x: (batch, D) float 0/1, or None to simulate ``num_data`` rows."""

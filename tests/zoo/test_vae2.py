@@ -58,3 +58,22 @@ def test_trains_by_elbo_and_iwae_and_the_bound_is_below_the_estimate():
     assert elbo < -after + 0.5  # E[ELBO] <= E[IWAE bound] (K=50), up to Monte Carlo noise
     inference.fit(model, x, steps=3, objective="iwae", num_particles=5, progress=False)
     assert math.isfinite(model.log_prob(x[:10], num_samples=20).sum().item())
+
+
+def test_glorot_init_and_the_output_bias_from_data():
+    model = zoo.create("vae2", data_dim=30, latent_dims=(6, 3), hidden=(40, 20), activation="tanh", init="glorot")
+    for net in (model.prior_z1, model.decoder, model.encoder_z1, model.encoder_z2):
+        for layer in net:
+            if isinstance(layer, torch.nn.Linear):
+                bound = math.sqrt(6 / (layer.in_features + layer.out_features))
+                assert 0 < layer.weight.abs().max() <= bound  # every last layer too: none left at zero
+                assert torch.equal(layer.bias.detach(), torch.zeros_like(layer.bias))
+    x = torch.bernoulli(torch.rand(1, 30).expand(400, 30), generator=torch.Generator().manual_seed(2))
+    model.init_from_data(x)
+    assert torch.allclose(torch.sigmoid(model.decoder[-1].bias), x.mean(0).clamp(0.001, 0.999), atol=1e-5)
+    default = zoo.create("vae2", data_dim=30)
+    before = default.decoder[-1].bias.detach().clone()
+    default.init_from_data(x)
+    assert torch.equal(default.decoder[-1].bias.detach(), before)
+    with pytest.raises(ValueError, match="unknown init"):
+        zoo.create("vae2", data_dim=30, init="xavier")
